@@ -1,0 +1,1 @@
+"""mirroropt: learned mirror descent for meta-learning."""
