@@ -1,0 +1,105 @@
+"""Batching over tasks: ``vmap`` where it is exact, a per-task loop where it is not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+__all__ = ["map_tasks", "uses_batch_statistics"]
+
+
+def uses_batch_statistics(model: nn.Module) -> list[str]:
+    """Names of the submodules that normalize with statistics of the current batch.
+
+    These are BatchNorm layers in training mode (or with ``track_running_stats=False``) and
+    InstanceNorm layers that do not use running statistics. On torch 2.13, second-order gradients
+    through ``torch.func.vmap`` of such layers are wrong (measured: relative errors far above 1e-9
+    on a Conv4; GroupNorm, LayerNorm and eval-mode BatchNorm are exact), so :func:`map_tasks`
+    refuses to ``vmap`` over them.
+
+    Example:
+        >>> from torch import nn
+        >>> uses_batch_statistics(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+        ['1']
+    """
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, (_BatchNorm, _InstanceNorm)) and (
+            module.training or not module.track_running_stats
+        ):
+            found.append(name)
+    return found
+
+
+def map_tasks(
+    fn: Callable[..., Any],
+    *tasks: Tensor,
+    model: nn.Module | None,
+    strategy: Literal["auto", "vmap", "loop"] = "auto",
+) -> Any:
+    """Apply ``fn`` to each task (slice ``i`` of every tensor in ``tasks``) and stack the results.
+
+    ``"vmap"`` runs :func:`torch.func.vmap` over the leading (task) dimension; ``"loop"`` calls
+    ``fn`` once per task and stacks; ``"auto"`` uses ``vmap`` unless ``model`` normalizes with batch
+    statistics (see :func:`uses_batch_statistics`), where ``vmap`` would give wrong meta-gradients,
+    and then loops. Both give the same values and meta-gradients (tested to 1e-9 in float64).
+
+    Args:
+        fn: per-task function ``fn(*task_slices) -> tensor | tuple | list | dict of tensors``,
+            e.g. adapt on the support set and return the query loss.
+        tasks: tensors with a leading task dimension of equal size B.
+        model: the model ``fn`` runs (checked for batch-statistics layers); pass ``None`` only if
+            ``fn`` uses no such layer.
+        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+
+    Returns:
+        ``fn``'s outputs stacked along a new leading dimension of size B (same structure).
+
+    Raises:
+        ValueError: on an unknown ``strategy``, no tasks, unequal leading sizes, or
+            ``strategy="vmap"`` with a model that uses batch statistics.
+
+    Example:
+        >>> import torch
+        >>> map_tasks(lambda x: x.sum(), torch.ones(3, 2), model=None)
+        tensor([2., 2., 2.])
+    """
+    if strategy not in ("auto", "vmap", "loop"):
+        raise ValueError(f"`strategy` must be 'auto', 'vmap' or 'loop', got {strategy!r}.")
+    if not tasks:
+        raise ValueError("`tasks` must contain at least one tensor with a leading task dimension.")
+    sizes = [t.shape[0] if isinstance(t, Tensor) and t.dim() > 0 else None for t in tasks]
+    if None in sizes or len(set(sizes)) != 1:
+        raise ValueError(
+            f"Every tensor in `tasks` must have the same leading (task) dimension; got sizes "
+            f"{sizes}."
+        )
+    offending = uses_batch_statistics(model) if model is not None else []
+    if strategy == "vmap" and offending:
+        raise ValueError(
+            f"`model` normalizes with batch statistics in {offending}; torch.func.vmap gives wrong "
+            f"second-order meta-gradients through such layers. Use strategy='loop' (or 'auto'), "
+            f"put BatchNorm in eval mode with running statistics, or use GroupNorm/LayerNorm."
+        )
+    if strategy == "vmap" or (strategy == "auto" and not offending):
+        return torch.func.vmap(fn)(*tasks)
+    outputs = [fn(*(t[i] for t in tasks)) for i in range(int(sizes[0]))]  # type: ignore[arg-type]
+    return _stack(outputs)
+
+
+def _stack(outputs: Sequence[Any]) -> Any:
+    first = outputs[0]
+    if isinstance(first, Tensor):
+        return torch.stack(list(outputs))
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([o[i] for o in outputs]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _stack([o[k] for o in outputs]) for k in first}
+    raise TypeError(
+        f"`fn` must return a tensor or a tuple/list/dict of tensors, got {type(first).__name__}."
+    )

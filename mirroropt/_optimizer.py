@@ -1,0 +1,139 @@
+"""``MirrorDescent``: a thin ``torch.optim.Optimizer`` shell over the functional core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from mirroropt import functional as F
+from mirroropt.functional import _check_finite, _check_one_lr
+from mirroropt.maps._base import MirrorMap
+
+__all__ = ["MirrorDescent"]
+
+
+class MirrorDescent(Optimizer):
+    r"""Mirror descent as a ``torch.optim`` optimizer: :math:`z \leftarrow z - \alpha\nabla L(g(z))`.
+
+    Keeps the dual variable :math:`z` of every parameter in ``self.state[p]["z"]`` (initialized
+    lazily at the first :meth:`step` as :math:`z_0 = \nabla h(\phi_0)`, or from ``z0``), and at each
+    step writes :math:`\phi = g(z)` into the parameters. All math is
+    :func:`mirroropt.functional.step` and :func:`~mirroropt.functional.to_primal`; with the
+    :class:`~mirroropt.maps.Identity` map it is :class:`torch.optim.SGD` bit for bit.
+
+    This shell is for ordinary (non-differentiable) training loops and updates parameters in
+    place under ``torch.no_grad()``; for meta-learning through the inner loop use
+    :func:`mirroropt.adapt` or the integrations.
+
+    Args:
+        params: the parameters, as ``model.named_parameters()`` (names are matched to the map),
+            an iterable of tensors (matched to the map's names in order), or param-group dicts.
+        mirror_map: the inverse mirror map :math:`g`, built for exactly these parameters. It is
+            held by reference (not in ``param_groups``), so its learnable parameters are never
+            copied.
+        lr: step size :math:`\alpha > 0` (default for groups that set none).
+        z0: optional dual initialization name → tensor, required for maps without ``to_dual``.
+        check_finite: raise on non-finite gradients instead of writing NaNs into the model.
+
+    Raises:
+        TypeError: if ``mirror_map`` is not a :class:`~mirroropt.maps.MirrorMap`, or it has no
+            ``to_dual`` and ``z0`` is missing.
+        ValueError: if ``lr`` is not positive, or the parameters do not fit the map (names,
+            count or shapes).
+
+    Example:
+        >>> import torch
+        >>> from mirroropt import MirrorDescent
+        >>> from mirroropt.maps import Diagonal
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = MirrorDescent(model.named_parameters(), Diagonal(model), lr=0.1)
+        >>> loss = model(torch.ones(2, 3)).pow(2).mean()
+        >>> loss.backward()
+        >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        mirror_map: MirrorMap,
+        lr: float | Tensor = 1e-3,
+        *,
+        z0: Mapping[str, Tensor] | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        if not isinstance(mirror_map, MirrorMap):
+            raise TypeError(
+                f"`mirror_map` must be a mirroropt.maps.MirrorMap, got {type(mirror_map).__name__}."
+            )
+        _check_one_lr(lr, "lr")
+        super().__init__(params, {"lr": lr})
+        self.mirror_map = mirror_map
+        self.check_finite = check_finite
+        self._names = self._match_names()
+        if z0 is not None:
+            mirror_map.check_fits(z0, argument="z0")
+        elif not mirror_map.has_to_dual:
+            raise TypeError(
+                f"`mirror_map` ({type(mirror_map).__name__}) has no closed-form to_dual; pass a "
+                f"dual initialization `z0` (dict name → tensor)."
+            )
+        self._z0 = None if z0 is None else {n: t.detach().clone() for n, t in z0.items()}
+
+    def _match_names(self) -> dict[Tensor, str]:
+        params = [p for group in self.param_groups for p in group["params"]]
+        given = [n for group in self.param_groups for n in group.get("param_names", [])]
+        names = given if len(given) == len(params) else list(self.mirror_map.names)
+        if len(names) != len(params):
+            raise ValueError(
+                f"`params` has {len(params)} tensors but `mirror_map` was built for "
+                f"{len(self.mirror_map.names)}: {list(self.mirror_map.names)}."
+            )
+        self.mirror_map.check_fits(dict(zip(names, params)), argument="params")
+        return {p: n for p, n in zip(params, names)}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Take one mirror-descent step; ``closure`` re-evaluates the loss (as in ``torch.optim``).
+
+        Parameters whose ``.grad`` is ``None`` get a zero gradient (their dual does not move, but
+        their primal value may, for maps that couple tensors).
+
+        Raises:
+            ValueError: if a gradient is not finite (with ``check_finite=True``).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if any("z" not in self.state[p] for p in self._names):
+            self._init_duals()
+        z: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        lrs: dict[str, float | Tensor] = {}
+        params: dict[str, Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                name = self._names[p]
+                params[name] = p
+                z[name] = self.state[p]["z"]
+                grads[name] = torch.zeros_like(p) if p.grad is None else p.grad
+                lrs[name] = group["lr"]
+        if self.check_finite:
+            _check_finite(grads, "The gradient in `params`")
+        z_new = F.step(self.mirror_map, z, grads, lrs)
+        phi = F.to_primal(self.mirror_map, z_new)
+        for name, p in params.items():
+            self.state[p]["z"] = z_new[name]
+            p.copy_(phi[name])
+        return loss
+
+    def _init_duals(self) -> None:
+        phi = {n: p for p, n in self._names.items()}
+        z0 = self._z0 if self._z0 is not None else F.init(self.mirror_map, phi)
+        for p, n in self._names.items():
+            if "z" not in self.state[p]:
+                self.state[p]["z"] = z0[n].to(p).clone()

@@ -1,0 +1,352 @@
+"""Property checks for inverse mirror maps: each returns a :class:`Report` or raises."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mirroropt import functional as F
+from mirroropt.maps._base import MirrorMap
+from mirroropt.maps._identity import Identity
+
+__all__ = [
+    "PropertyError",
+    "Report",
+    "check_gradient_field",
+    "check_lipschitz",
+    "check_map",
+    "check_monotone",
+    "check_reduces_to_gd",
+    "check_round_trip",
+]
+
+Point = Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of one property check, readable with ``print(report)``.
+
+    Attributes:
+        prop: the property checked, e.g. ``"strongly monotone"``.
+        map: the map's class name.
+        passed: whether the property held at every point checked.
+        measured: the worst value measured (e.g. the smallest monotonicity ratio).
+        bound: the value it was compared with (``None`` where the check has none).
+        detail: one sentence on what was measured and where.
+    """
+
+    prop: str
+    map: str
+    passed: bool
+    measured: float
+    bound: float | None
+    detail: str
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        bound = "" if self.bound is None else f" (bound {self.bound:.6g})"
+        return f"[{verdict}] {self.map}: {self.prop}: measured {self.measured:.6g}{bound}. {self.detail}"
+
+
+class PropertyError(AssertionError):
+    """A map violates a property; ``.report`` holds the :class:`Report`."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+
+def _finish(report: Report, raise_on_failure: bool) -> Report:
+    if raise_on_failure and not report.passed:
+        raise PropertyError(report)
+    return report
+
+
+def _flat(mirror_map: MirrorMap, params: Point) -> Tensor:
+    return torch.cat([params[n].reshape(-1) for n in mirror_map.names])
+
+
+def _unflat(mirror_map: MirrorMap, flat: Tensor) -> dict[str, Tensor]:
+    out, start = {}, 0
+    for n, shape in mirror_map.shapes.items():
+        out[n] = flat[start : start + shape.numel()].reshape(shape)
+        start += shape.numel()
+    return out
+
+
+def _pairs(points: Sequence[Point], argument: str) -> list[tuple[Point, Point]]:
+    if len(points) < 2:
+        raise ValueError(f"`{argument}` must hold at least 2 dual points, got {len(points)}.")
+    return list(itertools.combinations(points, 2))
+
+
+@torch.no_grad()
+def check_monotone(
+    mirror_map: MirrorMap,
+    points: Sequence[Point],
+    *,
+    modulus: float | None = None,
+    rtol: float = 1e-6,
+    raise_on_failure: bool = True,
+) -> Report:
+    r"""Check (strong) monotonicity :math:`\langle z-z', g(z)-g(z')\rangle \ge \mu\|z-z'\|^2`.
+
+    Over every pair of ``points`` the ratio :math:`\langle\Delta z,\Delta g\rangle/\|\Delta z\|^2`
+    is measured; its minimum is the map's empirical modulus there. The check passes if that
+    minimum is ≥ ``modulus`` (default: the map's :meth:`~MirrorMap.monotonicity_modulus`, or
+    strictly > 0 when the map states none) up to ``rtol``.
+
+    Args:
+        mirror_map: the map under test.
+        points: at least two dual points (dicts name → tensor fitting the map).
+        modulus: the :math:`\mu` to check; ``None`` uses the map's own bound.
+        rtol: relative slack for rounding.
+        raise_on_failure: raise :class:`PropertyError` (default) or just return the report.
+
+    Returns:
+        A :class:`Report` whose ``measured`` is the smallest ratio found.
+
+    Example:
+        >>> import torch
+        >>> from mirroropt.maps import Identity
+        >>> g = Identity({"w": torch.zeros(2)})
+        >>> pts = [{"w": torch.tensor([0.0, 1.0])}, {"w": torch.tensor([2.0, -1.0])}]
+        >>> check_monotone(g, pts).passed
+        True
+    """
+    pairs = _pairs(points, "points")
+    bound = mirror_map.monotonicity_modulus() if modulus is None else modulus
+    worst, where = float("inf"), -1
+    for i, (a, b) in enumerate(pairs):
+        dz = _flat(mirror_map, a) - _flat(mirror_map, b)
+        dg = _flat(mirror_map, mirror_map.to_primal(a)) - _flat(mirror_map, mirror_map.to_primal(b))
+        norm2 = float(dz.dot(dz))
+        if norm2 == 0.0:
+            continue
+        ratio = float(dz.dot(dg)) / norm2
+        if ratio < worst:
+            worst, where = ratio, i
+    if bound is None:
+        passed, shown = worst > 0.0, 0.0
+    else:
+        passed, shown = worst >= bound - rtol * max(1.0, abs(bound)), bound
+    return _finish(
+        Report(
+            "strongly monotone" if bound else "strictly monotone",
+            type(mirror_map).__name__,
+            passed,
+            worst,
+            shown,
+            f"Smallest <dz, dg>/|dz|^2 over {len(pairs)} pairs, at pair {where}.",
+        ),
+        raise_on_failure,
+    )
+
+
+@torch.no_grad()
+def check_lipschitz(
+    mirror_map: MirrorMap,
+    points: Sequence[Point],
+    *,
+    constant: float | None = None,
+    rtol: float = 1e-6,
+    raise_on_failure: bool = True,
+) -> Report:
+    r"""Check the Lipschitz bound :math:`\|g(z)-g(z')\| \le L\|z-z'\|`.
+
+    Equivalently :math:`h` is :math:`1/L`-strongly convex (the paper's
+    :math:`\nabla(g^{-1}) \succeq C` with :math:`C = 1/L`). ``measured`` is the largest ratio
+    :math:`\|\Delta g\|/\|\Delta z\|` over all pairs of ``points``.
+
+    Args:
+        mirror_map: the map under test.
+        points: at least two dual points.
+        constant: the :math:`L` to check; ``None`` uses :meth:`~MirrorMap.lipschitz_constant`.
+        rtol: relative slack for rounding.
+        raise_on_failure: raise :class:`PropertyError` (default) or just return the report.
+
+    Raises:
+        ValueError: if no constant is given and the map states none.
+    """
+    pairs = _pairs(points, "points")
+    bound = mirror_map.lipschitz_constant() if constant is None else constant
+    if bound is None:
+        raise ValueError(
+            f"`constant` is required: {type(mirror_map).__name__} states no Lipschitz constant."
+        )
+    worst, where = 0.0, -1
+    for i, (a, b) in enumerate(pairs):
+        dz = _flat(mirror_map, a) - _flat(mirror_map, b)
+        dg = _flat(mirror_map, mirror_map.to_primal(a)) - _flat(mirror_map, mirror_map.to_primal(b))
+        nz = float(dz.norm())
+        if nz == 0.0:
+            continue
+        ratio = float(dg.norm()) / nz
+        if ratio > worst:
+            worst, where = ratio, i
+    passed = worst <= bound * (1.0 + rtol)
+    return _finish(
+        Report(
+            "Lipschitz",
+            type(mirror_map).__name__,
+            passed,
+            worst,
+            bound,
+            f"Largest |dg|/|dz| over {len(pairs)} pairs, at pair {where}.",
+        ),
+        raise_on_failure,
+    )
+
+
+@torch.no_grad()
+def check_round_trip(
+    mirror_map: MirrorMap,
+    points: Sequence[Point],
+    *,
+    atol: float = 1e-8,
+    rtol: float = 1e-6,
+    raise_on_failure: bool = True,
+) -> Report:
+    r"""Check :math:`\nabla h(g(z)) = z`, i.e. ``to_dual(to_primal(z)) == z``.
+
+    ``measured`` is the largest :math:`|\nabla h(g(z)) - z| - \text{rtol}\,|z|` entry error.
+
+    Raises:
+        ValueError: if the map has no ``to_dual`` (``has_to_dual`` is False) or no points.
+    """
+    if not mirror_map.has_to_dual:
+        raise ValueError(
+            f"`mirror_map` ({type(mirror_map).__name__}) has no to_dual, so it has no round trip."
+        )
+    if not points:
+        raise ValueError("`points` must hold at least 1 dual point, got 0.")
+    worst, err = -float("inf"), 0.0
+    for z in points:
+        back = _flat(mirror_map, mirror_map.to_dual(mirror_map.to_primal(z)))
+        flat = _flat(mirror_map, z)
+        excess = (back - flat).abs() - rtol * flat.abs()
+        worst = max(worst, float(excess.max()))
+        err = max(err, float((back - flat).abs().max()))
+    return _finish(
+        Report(
+            "round trip to_dual(to_primal(z)) == z",
+            type(mirror_map).__name__,
+            worst <= atol,
+            err,
+            atol,
+            f"Largest absolute entry error over {len(points)} points (rtol {rtol}).",
+        ),
+        raise_on_failure,
+    )
+
+
+def check_gradient_field(
+    mirror_map: MirrorMap,
+    points: Sequence[Point],
+    *,
+    probes: int = 4,
+    rtol: float = 1e-6,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> Report:
+    r"""Check that the Jacobian of :math:`g` is symmetric (:math:`g = \nabla h^*`, a true Bregman).
+
+    For random probe pairs :math:`u, v` it compares :math:`u^\top J v` and :math:`v^\top J u`, both
+    from forward-mode :func:`torch.func.jvp` (never a dense Jacobian). ``measured`` is the largest
+    relative asymmetry :math:`|u^\top Jv - v^\top Ju| / (|u^\top Jv| + |v^\top Ju|)`.
+
+    A map that is *not* a gradient field (e.g. the block inverse-autoregressive flow) fails this
+    check at generic points: tests assert that too.
+    """
+    if not points:
+        raise ValueError("`points` must hold at least 1 dual point, got 0.")
+    gen = torch.Generator().manual_seed(seed)
+
+    def g_flat(flat: Tensor) -> Tensor:
+        return _flat(mirror_map, mirror_map.to_primal(_unflat(mirror_map, flat)))
+
+    worst = 0.0
+    for z in points:
+        flat = _flat(mirror_map, z).detach()
+        for _ in range(probes):
+            u = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(flat.device)
+            v = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(flat.device)
+            _, jv = torch.func.jvp(g_flat, (flat,), (v,))
+            _, ju = torch.func.jvp(g_flat, (flat,), (u,))
+            a, b = float(u.dot(jv)), float(v.dot(ju))
+            scale = abs(a) + abs(b)
+            if scale > 0:
+                worst = max(worst, abs(a - b) / scale)
+    return _finish(
+        Report(
+            "gradient field (symmetric Jacobian)",
+            type(mirror_map).__name__,
+            worst <= rtol,
+            worst,
+            rtol,
+            f"Largest relative |u'Jv - v'Ju| over {len(points)} points x {probes} probes.",
+        ),
+        raise_on_failure,
+    )
+
+
+def check_reduces_to_gd(
+    mirror_map: MirrorMap,
+    loss_fn: Callable[[dict[str, Tensor]], Tensor],
+    phi: Point,
+    *,
+    lr: float = 0.1,
+    steps: int = 3,
+    atol: float = 1e-6,
+    raise_on_failure: bool = True,
+) -> Report:
+    r"""Check that mirror descent with ``mirror_map`` equals gradient descent (``Identity``).
+
+    Meant for a map at its identity initialization: runs :func:`mirroropt.adapt` with the map and
+    with :class:`~mirroropt.maps.Identity` from the same start (``phi`` as primal initialization
+    if the map has ``to_dual``, else as dual initialization) and compares :math:`\phi_K`.
+    """
+    start = {"phi": phi} if mirror_map.has_to_dual else {"z": phi}
+    mirror = F.adapt(mirror_map, loss_fn, lr=lr, steps=steps, **start)
+    plain = F.adapt(Identity(mirror_map.shapes), loss_fn, phi, lr=lr, steps=steps)
+    with torch.no_grad():
+        err = max(float((mirror[n] - plain[n]).abs().max()) for n in mirror_map.names)
+    return _finish(
+        Report(
+            "reduces to gradient descent",
+            type(mirror_map).__name__,
+            err <= atol,
+            err,
+            atol,
+            f"Largest |phi_K(map) - phi_K(GD)| after {steps} steps at lr={lr}.",
+        ),
+        raise_on_failure,
+    )
+
+
+def check_map(
+    mirror_map: MirrorMap,
+    points: Sequence[Point],
+    *,
+    raise_on_failure: bool = True,
+) -> list[Report]:
+    """Run every invariant that the map's capability flags say applies, and return the reports.
+
+    Always: monotonicity (against the map's stated modulus, else strict) and, if the map states a
+    Lipschitz constant, the Lipschitz bound. ``has_to_dual``: the round trip.
+    ``is_gradient_field``: the symmetric Jacobian. Raises on the first failure unless
+    ``raise_on_failure=False``.
+    """
+    reports = [check_monotone(mirror_map, points, raise_on_failure=raise_on_failure)]
+    if mirror_map.lipschitz_constant() is not None:
+        reports.append(check_lipschitz(mirror_map, points, raise_on_failure=raise_on_failure))
+    if mirror_map.has_to_dual:
+        reports.append(check_round_trip(mirror_map, points, raise_on_failure=raise_on_failure))
+    if mirror_map.is_gradient_field:
+        reports.append(check_gradient_field(mirror_map, points, raise_on_failure=raise_on_failure))
+    return reports
