@@ -14,7 +14,7 @@ __all__ = ["LR", "Params", "ShapeSpec"]
 Params = dict[str, Tensor]
 
 #: An inner step size α: one number, one (possibly learnable) tensor, or one per tensor by name.
-LR = Union[float, Tensor, Mapping[str, float | Tensor]]
+LR = float | Tensor | Mapping[str, float | Tensor]
 
 #: What a map is built from: a module, a mapping name → tensor/shape, or ``named_parameters()``.
 ShapeSpec = Union[
