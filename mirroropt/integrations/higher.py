@@ -1,0 +1,168 @@
+r"""``higher`` integration: ``higher.innerloop_ctx(model, MirrorDescent(...))`` just works.
+
+Importing this module registers :class:`DifferentiableMirrorDescent` with ``higher`` as the
+differentiable counterpart of :class:`mirroropt.MirrorDescent`, so a MAML script written for
+``higher`` switches from gradient descent to mirror descent by changing the optimizer it builds:
+
+.. code-block:: python
+
+    from mirroropt.integrations.higher import MirrorDescent  # registers with higher
+    inner_opt = MirrorDescent(model.named_parameters(), Diagonal(model), lr=0.4)
+    with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
+        for _ in range(steps):
+            diffopt.step(loss_fn(fmodel(x_spt), y_spt))
+        loss_fn(fmodel(x_qry), y_qry).backward()  # reaches the model AND the map's parameters
+
+Needs the optional extra: ``pip install 'mirroropt[higher]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+try:
+    import higher as _higher
+    from higher.optim import DifferentiableOptimizer as _DifferentiableOptimizer
+except ImportError as error:
+    raise ImportError(
+        "mirroropt.integrations.higher needs the optional dependency `higher`: "
+        "pip install 'mirroropt[higher]'."
+    ) from error
+
+import torch
+from torch import Tensor, nn
+
+from mirroropt import functional as F
+from mirroropt._optimizer import MirrorDescent
+from mirroropt.functional import _check_finite
+from mirroropt.integrations._torchfunc import as_tensor_lr
+from mirroropt.maps._base import MirrorMap
+
+__all__ = ["DifferentiableMirrorDescent", "MirrorDescent"]
+
+
+class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[misc]
+    r"""Differentiable mirror descent for ``higher``: the unrolled twin of :class:`MirrorDescent`.
+
+    Built by ``higher.innerloop_ctx(model, opt)`` / ``higher.optim.get_diff_optim(opt, ...)`` from
+    a :class:`mirroropt.MirrorDescent` ``opt``. At the first ``diffopt.step(loss)`` it sets
+    :math:`z_0 = \nabla h(\phi_0)` from the fast weights :math:`\phi_0`; every step then does
+
+    .. math::
+
+        z_{k+1} = z_k - \alpha\,\nabla L(\phi_k), \qquad \phi_{k+1} = g(z_{k+1}),
+
+    with :func:`mirroropt.functional.step` and :func:`~mirroropt.functional.to_primal`. The dual
+    :math:`z_k` lives in ``self.state[group][i]["z"]`` *with its graph* (not detached), so the
+    meta-gradient of a query loss flows through all steps to :math:`\phi_0` (the model's weights
+    with ``copy_initial_weights=False``), to a tensor ``lr`` passed via ``override``, and to the
+    map's own parameters. The map is read by reference from ``opt.mirror_map`` (``higher``
+    deep-copies ``param_groups`` and detaches optimizer state, so a map stored there would lose its
+    meta-gradients; a module found in a param group is refused).
+
+    A number ``lr`` is applied as ``z - lr * g``: with the :class:`~mirroropt.maps.Identity` map the
+    fast weights and meta-gradients equal ``higher``'s own differentiable SGD bit for bit.
+    With ``track_higher_grads=False`` ("test mode") the dual is detached after each step, like the
+    fast weights.
+
+    Args:
+        other: the :class:`mirroropt.MirrorDescent` to unroll.
+        reference_params: the model's parameters (``model.parameters()``).
+        **kwargs: passed to ``higher.optim.DifferentiableOptimizer`` (``fmodel``, ``device``,
+            ``override``, ``track_higher_grads``, ``grad_callback``).
+
+    Raises:
+        TypeError: if ``other`` is not a :class:`mirroropt.MirrorDescent`, if a param group holds
+            an ``nn.Module``, or if ``other`` was built with a dual initialization ``z0`` (the
+            unrolled loop starts from the fast weights; use
+            :class:`~mirroropt.integrations.MirrorMAML` or :func:`mirroropt.adapt` with ``z=``).
+        ValueError: if a gradient is not finite (when ``other.check_finite``).
+
+    Example:
+        >>> import higher, torch
+        >>> from mirroropt.integrations.higher import MirrorDescent
+        >>> from mirroropt.maps import Diagonal
+        >>> model = torch.nn.Linear(2, 1)
+        >>> mirror_map = Diagonal(model)
+        >>> opt = MirrorDescent(model.named_parameters(), mirror_map, lr=0.1)
+        >>> x, y = torch.randn(4, 2), torch.randn(4, 1)
+        >>> with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+        ...     diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
+        ...     torch.nn.functional.mse_loss(fmodel(x), y).backward()
+        >>> all(p.grad is not None for p in mirror_map.parameters())
+        True
+
+    References:
+        Grefenstette et al., "Generalized Inner Loop Meta-Learning", arXiv:1910.01727, 2019.
+        Zhang, Li & Giannakis, "Meta-learning with learned mirror descent (MetaMiDA)",
+        arXiv:2509.02418.
+    """
+
+    mirror_map: MirrorMap
+
+    def __init__(
+        self, other: MirrorDescent, reference_params: Iterable[Tensor], **kwargs: Any
+    ) -> None:
+        if not isinstance(other, MirrorDescent):
+            raise TypeError(
+                f"`other` must be a mirroropt.MirrorDescent, got {type(other).__name__}."
+            )
+        for index, group in enumerate(other.param_groups):
+            for key, value in group.items():
+                if isinstance(value, nn.Module):
+                    raise TypeError(
+                        f"Param group {index} of the MirrorDescent optimizer holds an nn.Module "
+                        f"under {key!r} ({type(value).__name__}); higher deep-copies param_groups, "
+                        f"so that copy would silently lose its meta-gradients. Pass the map as "
+                        f"`MirrorDescent(params, mirror_map, ...)` (held by reference) and keep "
+                        f"only numbers or tensors in param groups."
+                    )
+        if other._z0 is not None:
+            raise TypeError(
+                "The MirrorDescent optimizer was built with a dual initialization `z0`, but a "
+                "higher inner loop starts from the fast weights φ0 with z0 = to_dual(φ0). Use "
+                "mirroropt.integrations.MirrorMAML(...).clone(z=z0) or mirroropt.adapt(..., z=z0) "
+                "for a (learned) dual initialization."
+            )
+        super().__init__(other, reference_params, **kwargs)
+        self.mirror_map = other.mirror_map  # by reference: its parameters get meta-gradients
+        self.check_finite = other.check_finite
+        names = other._names
+        self._group_names: list[list[str]] = [
+            [names[p] for p in group["params"]] for group in other.param_groups
+        ]
+        self._started = False
+
+    def _update(self, grouped_grads: list[list[Tensor | None]], **kwargs: Any) -> None:
+        phi: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        lrs: dict[str, Any] = {}
+        for group, group_grads, group_names in zip(
+            self.param_groups, grouped_grads, self._group_names
+        ):
+            for p, g, name in zip(group["params"], group_grads, group_names):
+                phi[name] = p
+                grads[name] = torch.zeros_like(p) if g is None else g
+                lrs[name] = group["lr"]
+        if self.check_finite:
+            _check_finite(grads, "The gradient of the inner loss")
+        if not self._started:
+            z = F.init(self.mirror_map, phi)
+            self._started = True
+        else:
+            z = {
+                name: self.state[gi][pi]["z"]
+                for gi, group_names in enumerate(self._group_names)
+                for pi, name in enumerate(group_names)
+            }
+        z_new = F.step(self.mirror_map, z, grads, as_tensor_lr(lrs, phi))
+        phi_new = F.to_primal(self.mirror_map, z_new)
+        for gi, (group, group_names) in enumerate(zip(self.param_groups, self._group_names)):
+            for pi, name in enumerate(group_names):
+                z_k = z_new[name]
+                self.state[gi][pi]["z"] = z_k if self._track_higher_grads else z_k.detach()
+                group["params"][pi] = phi_new[name]
+
+
+_higher.register_optim(MirrorDescent, DifferentiableMirrorDescent)
