@@ -43,8 +43,11 @@ def episodes(gen: torch.Generator, tasks: int, ways: int, shots: int, queries: i
     def split(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return t[:, :, lo:hi].reshape(tasks, ways * (hi - lo), *t.shape[3:])
 
-    return split(x, 0, shots), split(y, 0, shots), split(x, shots, shots + queries), split(
-        y, shots, shots + queries
+    return (
+        split(x, 0, shots),
+        split(y, 0, shots),
+        split(x, shots, shots + queries),
+        split(y, shots, shots + queries),
     )
 
 

@@ -196,7 +196,7 @@ class MirrorLearner:
         self.phi = F.to_primal(self.mirror_map, self.z)
 
 
-def MAML(model: nn.Module, lr: float | Tensor, *, first_order: bool = False) -> MirrorMAML:  # noqa: N802
+def MAML(model: nn.Module, lr: float | Tensor, *, first_order: bool = False) -> MirrorMAML:
     r"""Plain MAML (gradient descent inner loop) behind the same interface: the identity map.
 
     ``MAML(model, lr)`` is ``MirrorMAML(model, Identity(model), lr)``, so

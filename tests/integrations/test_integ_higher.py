@@ -41,9 +41,10 @@ def higher_meta_grads(
     total = torch.zeros((), dtype=torch.float64)
     fast = []
     for x_s, y_s, x_q, y_q in zip(*tasks):
-        with higher.innerloop_ctx(
-            model, opt, copy_initial_weights=False, override=override
-        ) as (fmodel, diffopt):
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False, override=override) as (
+            fmodel,
+            diffopt,
+        ):
             for _ in range(steps):
                 diffopt.step(F.mse_loss(fmodel(x_s), y_s))
             fast.append(list(fmodel.parameters()))
@@ -148,7 +149,7 @@ def test_a_module_in_a_param_group_is_refused() -> None:
     opt = MirrorDescent(
         [{"params": list(model.parameters()), "mirror_map": mirror_map}], mirror_map, lr=LR
     )
-    with pytest.raises(TypeError, match="holds an nn.Module under 'mirror_map'.*deep-copies"):
+    with pytest.raises(TypeError, match=r"holds an nn\.Module under 'mirror_map'.*deep-copies"):
         with higher.innerloop_ctx(model, opt):
             pass
 
@@ -158,14 +159,14 @@ def test_a_dual_initialization_is_refused() -> None:
     mirror_map = Identity(model)
     z0 = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     opt = MirrorDescent(model.named_parameters(), mirror_map, lr=LR, z0=z0)
-    with pytest.raises(TypeError, match="dual initialization `z0`.*MirrorMAML"):
+    with pytest.raises(TypeError, match=r"dual initialization `z0`.*MirrorMAML"):
         with higher.innerloop_ctx(model, opt):
             pass
 
 
 def test_other_optimizers_are_refused() -> None:
     model = make_model()
-    with pytest.raises(TypeError, match="`other` must be a mirroropt.MirrorDescent, got SGD"):
+    with pytest.raises(TypeError, match=r"`other` must be a mirroropt\.MirrorDescent, got SGD"):
         DifferentiableMirrorDescent(torch.optim.SGD(model.parameters(), lr=LR), model.parameters())
 
 
@@ -174,7 +175,7 @@ def test_non_finite_inner_gradient_is_an_error() -> None:
     x_s, y_s, _, _ = (t[0] for t in make_tasks())
     opt = MirrorDescent(model.named_parameters(), Identity(model), lr=LR)
     with higher.innerloop_ctx(model, opt) as (fmodel, diffopt):
-        with pytest.raises(ValueError, match="gradient of the inner loss is not finite"):
+        with pytest.raises(ValueError, match=r"gradient of the inner loss is not finite"):
             diffopt.step(F.mse_loss(fmodel(x_s), y_s) * float("inf"))
 
 
@@ -182,7 +183,9 @@ def test_missing_higher_raises_a_clear_import_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "higher", None)
     monkeypatch.setitem(sys.modules, "higher.optim", None)
     monkeypatch.delitem(sys.modules, "mirroropt.integrations.higher")
-    with pytest.raises(ImportError, match=r"needs the optional dependency `higher`.*mirroropt\[higher\]"):
+    with pytest.raises(
+        ImportError, match=r"needs the optional dependency `higher`.*mirroropt\[higher\]"
+    ):
         importlib.import_module("mirroropt.integrations.higher")
 
 

@@ -157,23 +157,23 @@ def test_forward_runs_the_model_at_its_own_parameters() -> None:
 def test_errors_name_the_argument() -> None:
     model = make_model()
     mirror_map = Identity(model)
-    with pytest.raises(TypeError, match="`model` must be an nn.Module, got dict"):
+    with pytest.raises(TypeError, match=r"`model` must be an nn\.Module, got dict"):
         MirrorMAML({}, mirror_map, LR)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="`mirror_map` must be a mirroropt.maps.MirrorMap"):
+    with pytest.raises(TypeError, match=r"`mirror_map` must be a mirroropt\.maps\.MirrorMap"):
         MirrorMAML(model, model, LR)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`lr` must be positive and finite, got -0.1"):
+    with pytest.raises(ValueError, match=r"`lr` must be positive and finite, got -0\.1"):
         MirrorMAML(model, mirror_map, -0.1)
     with pytest.raises(ValueError, match=r"`model.named_parameters\(\)` does not fit Identity"):
         MirrorMAML(model, Identity({"w": torch.zeros(1)}), LR)
     learner = MirrorMAML(model, mirror_map, LR).clone()
     x = torch.randn(4, 3, dtype=torch.float64)
-    with pytest.raises(TypeError, match="`loss` must be a scalar tensor, got float"):
+    with pytest.raises(TypeError, match=r"`loss` must be a scalar tensor, got float"):
         learner.adapt(1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`loss` must be a scalar tensor, got shape \(4, 2\)"):
         learner.adapt(learner(x))
-    with pytest.raises(ValueError, match="`loss` does not depend on the learner's parameters"):
+    with pytest.raises(ValueError, match=r"`loss` does not depend on the learner's parameters"):
         learner.adapt(torch.tensor(1.0))
-    with pytest.raises(ValueError, match="gradient of `loss` is not finite"):
+    with pytest.raises(ValueError, match=r"gradient of `loss` is not finite"):
         learner.adapt(learner(x).sum() * float("inf"))
 
 
@@ -189,7 +189,7 @@ class _NoDual(MirrorMap):
 def test_maps_without_to_dual_need_a_dual_initialization() -> None:
     model = make_model()
     maml = MirrorMAML(model, _NoDual(model), LR)
-    with pytest.raises(TypeError, match="no closed-form to_dual.*dual initialization `z`"):
+    with pytest.raises(TypeError, match=r"no closed-form to_dual.*dual initialization `z`"):
         maml.clone()
     z0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     learner = maml.clone(z=z0)

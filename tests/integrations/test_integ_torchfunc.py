@@ -79,8 +79,12 @@ def test_mirror_step_is_the_core_step_and_map() -> None:
     model = make_model()
     mirror_map = MAP_BUILDERS["coupled"](model)
     gen = torch.Generator().manual_seed(5)
-    z = {n: torch.randn(s, generator=gen, dtype=torch.float64) for n, s in mirror_map.shapes.items()}
-    g = {n: torch.randn(s, generator=gen, dtype=torch.float64) for n, s in mirror_map.shapes.items()}
+    z = {
+        n: torch.randn(s, generator=gen, dtype=torch.float64) for n, s in mirror_map.shapes.items()
+    }
+    g = {
+        n: torch.randn(s, generator=gen, dtype=torch.float64) for n, s in mirror_map.shapes.items()
+    }
     z_new, phi_new = mirror_step(mirror_map, z, g, LR)
     assert_equal(list(z_new.values()), [z[n] - LR * g[n] for n in z])
     assert_equal(list(phi_new.values()), list(mirror_map.to_primal(z_new).values()))
@@ -146,15 +150,15 @@ def test_errors_name_the_argument() -> None:
     model = make_model()
     mirror_map = Identity(model)
     z = {n: p.detach() for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match="`lr` must be positive and finite, got 0.0"):
+    with pytest.raises(ValueError, match=r"`lr` must be positive and finite, got 0\.0"):
         mirror_step(mirror_map, z, z, 0.0)
     with pytest.raises(ValueError, match=r"`lr\['0.bias'\]` must be positive and finite, got -1"):
         mirror_step(mirror_map, z, z, {n: (-1 if n == "0.bias" else 0.1) for n in z})
-    with pytest.raises(TypeError, match="`mirror_map` must be a mirroropt.maps.MirrorMap"):
+    with pytest.raises(TypeError, match=r"`mirror_map` must be a mirroropt\.maps\.MirrorMap"):
         mirror_step(model, z, z, 0.1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`grads` does not fit Identity"):
+    with pytest.raises(ValueError, match=r"`grads` does not fit Identity"):
         mirror_step(mirror_map, z, {}, 0.1)
-    with pytest.raises(TypeError, match="`model` must be an nn.Module, got function"):
+    with pytest.raises(TypeError, match=r"`model` must be an nn\.Module, got function"):
         make_loss_fn(F.mse_loss, F.mse_loss, z, z)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="`criterion` must be callable, got int"):
+    with pytest.raises(TypeError, match=r"`criterion` must be callable, got int"):
         make_loss_fn(model, 3, z, z)  # type: ignore[arg-type]
