@@ -67,8 +67,8 @@ def mirror_step(
         >>> from mirroropt.maps import Diagonal
         >>> g = Diagonal({"w": torch.zeros(2)})
         >>> z, phi = mirror_step(g, {"w": torch.ones(2)}, {"w": torch.tensor([1.0, -1.0])}, 0.5)
-        >>> phi["w"]
-        tensor([0.5000, 1.5000], grad_fn=<MulBackward0>)
+        >>> phi["w"].tolist()
+        [0.5, 1.5]
 
     References:
         Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning", ICML 2017, arXiv:1703.03400.

@@ -88,7 +88,7 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
         >>> opt = MirrorDescent(model.named_parameters(), mirror_map, lr=0.1)
         >>> x, y = torch.randn(4, 2), torch.randn(4, 1)
         >>> with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
-        ...     diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
+        ...     _ = diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
         ...     torch.nn.functional.mse_loss(fmodel(x), y).backward()
         >>> all(p.grad is not None for p in mirror_map.parameters())
         True

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -58,15 +56,3 @@ def test_mirror_descent_differs_from_maml_after_meta_training() -> None:
 def test_omniglot_style_example(map_name: str) -> None:
     result = load("omniglot_style").main(steps=10, map_name=map_name, hidden=16, tasks=2)
     assert result["after"] < result["before"] - 1e-2
-
-
-def test_examples_run_as_scripts() -> None:
-    out = subprocess.run(
-        [sys.executable, "examples/mirror_learner.py", "--steps", "1"],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": ""},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "query loss after adaptation" in out.stdout
