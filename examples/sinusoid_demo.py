@@ -22,10 +22,12 @@ from mirroropt.data import SinusoidTaskSampler
 
 
 def make_model() -> nn.Module:
-    return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    return nn.Sequential(
+        nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1)
+    )
 
 
-def query_losses(model: nn.Module, g: mo.MirrorMap, batch, *, lr: float, steps: int) -> Tensor:  # noqa: ANN001
+def query_losses(model: nn.Module, g: mo.MirrorMap, batch, *, lr: float, steps: int) -> Tensor:
     params = dict(model.named_parameters())
 
     def task(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
@@ -33,10 +35,14 @@ def query_losses(model: nn.Module, g: mo.MirrorMap, batch, *, lr: float, steps: 
         phi = mo.adapt(g, support, params, lr=lr, steps=steps)
         return tnf.mse_loss(functional_call(model, phi, (x_q,)), y_q)
 
-    return mo.map_tasks(task, batch.x_support, batch.y_support, batch.x_query, batch.y_query, model=model)
+    return mo.map_tasks(
+        task, batch.x_support, batch.y_support, batch.x_query, batch.y_query, model=model
+    )
 
 
-def train(map_name: str, *, iterations: int, seed: int, lr: float, steps: int) -> tuple[nn.Module, mo.MirrorMap]:
+def train(
+    map_name: str, *, iterations: int, seed: int, lr: float, steps: int
+) -> tuple[nn.Module, mo.MirrorMap]:
     torch.manual_seed(seed)
     model = make_model()
     g = mo.maps.MAPS[map_name](model)
@@ -49,7 +55,7 @@ def train(map_name: str, *, iterations: int, seed: int, lr: float, steps: int) -
     return model, g
 
 
-def _progress(it, desc: str):  # noqa: ANN001, ANN202
+def _progress(it, desc: str):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a nicety; the demo runs without the workflow extra
@@ -61,7 +67,9 @@ def main(
     iterations: int = 1000, seed: int = 0, lr: float = 0.01, steps: int = 1, test_tasks: int = 500
 ) -> dict[str, float]:
     """Meta-train both methods; return each one's mean query MSE on ``test_tasks`` held-out tasks."""
-    test = next(iter(SinusoidTaskSampler(tasks=test_tasks, shots=10, queries=50, seed=10_000 + seed)))
+    test = next(
+        iter(SinusoidTaskSampler(tasks=test_tasks, shots=10, queries=50, seed=10_000 + seed))
+    )
     results = {}
     for name in ("identity", "diagonal"):
         model, g = train(name, iterations=iterations, seed=seed, lr=lr, steps=steps)
@@ -76,5 +84,7 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = main(args.iterations, args.seed)
-    print(f"query MSE after 1 step on 500 held-out tasks: MAML (GD) {out['identity']:.3f}  |  "
-          f"mirror descent (Diagonal) {out['diagonal']:.3f}")
+    print(
+        f"query MSE after 1 step on 500 held-out tasks: MAML (GD) {out['identity']:.3f}  |  "
+        f"mirror descent (Diagonal) {out['diagonal']:.3f}"
+    )

@@ -320,7 +320,7 @@ def _check_one_lr(lr: object, argument: str) -> None:
             f"`{argument}` must be a positive number or tensor, got {type(lr).__name__}."
         )
     if isinstance(lr, numbers.Real):
-        if not (math.isfinite(lr) and lr > 0):
+        if not (math.isfinite(lr) and float(lr) > 0):
             raise ValueError(f"`{argument}` must be positive and finite, got {lr}.")
         return
     if not lr.is_floating_point():

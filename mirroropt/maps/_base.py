@@ -145,7 +145,7 @@ class MirrorMap(nn.Module, abc.ABC):
                     f"`{argument}` mixes dtypes/devices: {name!r} is {value.dtype} on "
                     f"{value.device}, the first tensor is {reference.dtype} on {reference.device}."
                 )
-        own = next(iter(self.parameters()), None)
+        own: Tensor | None = next(iter(self.parameters()), None)
         if own is None:
             own = next(iter(self.buffers()), None)
         if own is not None and reference is not None and own.is_floating_point():
