@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -85,6 +85,17 @@ class MirrorMap(nn.Module, abc.ABC):
             f"{type(self).__name__} has no closed-form `to_dual` (has_to_dual=False); start mirror "
             f"descent from a dual initialization `z` instead of primal parameters `phi`."
         )
+
+    def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
+        """:meth:`to_primal` with everything that does not depend on ``z`` computed once.
+
+        :func:`mirroropt.adapt` calls this once per inner loop and then applies the returned
+        function at every step, so maps can hoist work out of the K-step loop (e.g. ``exp`` of
+        log-scales, SPD factors from their parameterization). The result must equal
+        :meth:`to_primal` exactly and stay differentiable w.r.t. the map's parameters. The
+        default returns :meth:`to_primal` itself.
+        """
+        return self.to_primal
 
     def forward(self, z: Mapping[str, Tensor]) -> Params:
         """Same as :meth:`to_primal`, so a map can be called like any module."""
