@@ -245,6 +245,7 @@ def _run(
             "Give exactly one of `phi` (primal initialization, z0 = to_dual(phi)) and `z` (dual "
             f"initialization); got {'both' if phi is not None else 'neither'}."
         )
+    g = mirror_map.prepared()  # hoists z-independent work (scales, factors) out of the K steps
     if phi is not None:
         z_k = init(mirror_map, phi)
         phi_k = dict(phi)  # g(∇h(φ)) = φ exactly: skip the round trip (and its rounding)
@@ -252,24 +253,24 @@ def _run(
         assert z is not None
         mirror_map.check_fits(z, argument="z")
         z_k = dict(z)
-        phi_k = mirror_map.to_primal(z_k)
+        phi_k = g(z_k)
     names = mirror_map.names
     _check_lr(lr, names)
     grad_and_value = torch.func.grad_and_value(loss_fn)
     out = Trajectory([phi_k], [z_k], [], [])
     for k in range(steps):
-        g, loss = grad_and_value(phi_k)
+        grads, loss = grad_and_value(phi_k)
         if first_order:
-            g = {n: t.detach() for n, t in g.items()}
+            grads = {n: t.detach() for n, t in grads.items()}
         if check_finite:
-            _check_finite(g, f"The gradient of `loss_fn` at inner step {k}")
-        z_k = _step(names, z_k, g, lr)
-        phi_k = mirror_map.to_primal(z_k)
+            _check_finite(grads, f"The gradient of `loss_fn` at inner step {k}")
+        z_k = _step(names, z_k, grads, lr)
+        phi_k = g(z_k)
         if record:
             out.phi.append(phi_k)
             out.z.append(z_k)
             out.losses.append(loss)
-            out.grads.append(g)
+            out.grads.append(grads)
     if not record:
         return Trajectory([phi_k], [z_k], [], [])
     return out
@@ -320,7 +321,7 @@ def _check_one_lr(lr: object, argument: str) -> None:
             f"`{argument}` must be a positive number or tensor, got {type(lr).__name__}."
         )
     if isinstance(lr, numbers.Real):
-        if not (math.isfinite(lr) and lr > 0):
+        if not (math.isfinite(lr) and float(lr) > 0):
             raise ValueError(f"`{argument}` must be positive and finite, got {lr}.")
         return
     if not lr.is_floating_point():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -86,6 +86,17 @@ class MirrorMap(nn.Module, abc.ABC):
             f"descent from a dual initialization `z` instead of primal parameters `phi`."
         )
 
+    def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
+        """:meth:`to_primal` with everything that does not depend on ``z`` computed once.
+
+        :func:`mirroropt.adapt` calls this once per inner loop and then applies the returned
+        function at every step, so maps can hoist work out of the K-step loop (e.g. ``exp`` of
+        log-scales, SPD factors from their parameterization). The result must equal
+        :meth:`to_primal` exactly and stay differentiable w.r.t. the map's parameters. The
+        default returns :meth:`to_primal` itself.
+        """
+        return self.to_primal
+
     def forward(self, z: Mapping[str, Tensor]) -> Params:
         """Same as :meth:`to_primal`, so a map can be called like any module."""
         return self.to_primal(z)
@@ -145,7 +156,7 @@ class MirrorMap(nn.Module, abc.ABC):
                     f"`{argument}` mixes dtypes/devices: {name!r} is {value.dtype} on "
                     f"{value.device}, the first tensor is {reference.dtype} on {reference.device}."
                 )
-        own = next(iter(self.parameters()), None)
+        own: Tensor | None = next(iter(self.parameters()), None)
         if own is None:
             own = next(iter(self.buffers()), None)
         if own is not None and reference is not None and own.is_floating_point():

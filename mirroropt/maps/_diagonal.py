@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, final
 
 import torch
@@ -85,12 +85,18 @@ class Diagonal(MirrorMap):
         )
 
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
-        zs = [z[n] for n in self.shapes]
-        if is_transformed(zs) or self.per == "tensor":
-            phis = [zi * di for zi, di in zip(zs, self.scales())]
-        else:
-            phis = list(torch._foreach_mul(zs, self.scales()))
-        return dict(zip(self.shapes, phis))
+        return self.prepared()(z)
+
+    def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
+        scales, names = self.scales(), tuple(self.shapes)
+
+        def to_primal(z: Mapping[str, Tensor]) -> Params:
+            zs = [z[n] for n in names]
+            if is_transformed(zs) or self.per == "tensor":
+                return {n: zi * di for n, zi, di in zip(names, zs, scales)}
+            return dict(zip(names, torch._foreach_mul(zs, scales)))
+
+        return to_primal
 
     def to_dual(self, phi: Mapping[str, Tensor]) -> Params:
         return {n: phi[n] / d for n, d in zip(self.shapes, self.scales())}

@@ -280,7 +280,7 @@ def check_gradient_field(
         for _ in range(probes):
             u = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(flat.device)
             v = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(flat.device)
-            _, pullback = torch.func.vjp(g_flat, flat)
+            pullback = torch.func.vjp(g_flat, flat)[1]
             (ut_j,) = pullback(u)
             (vt_j,) = pullback(v)
             a, b = float(ut_j.detach().dot(v)), float(vt_j.detach().dot(u))
@@ -316,8 +316,10 @@ def check_reduces_to_gd(
     with :class:`~mirroropt.maps.Identity` from the same start (``phi`` as primal initialization
     if the map has ``to_dual``, else as dual initialization) and compares :math:`\phi_K`.
     """
-    start = {"phi": phi} if mirror_map.has_to_dual else {"z": phi}
-    mirror = F.adapt(mirror_map, loss_fn, lr=lr, steps=steps, **start)
+    if mirror_map.has_to_dual:
+        mirror = F.adapt(mirror_map, loss_fn, phi, lr=lr, steps=steps)
+    else:
+        mirror = F.adapt(mirror_map, loss_fn, z=phi, lr=lr, steps=steps)
     plain = F.adapt(Identity(mirror_map.shapes), loss_fn, phi, lr=lr, steps=steps)
     with torch.no_grad():
         err = max(float((mirror[n] - plain[n]).abs().max()) for n in mirror_map.names)
