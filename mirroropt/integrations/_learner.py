@@ -47,6 +47,8 @@ class MirrorMAML(nn.Module):
             registered and meta-learned).
         first_order: treat inner gradients as constants (first-order MAML); the meta-gradient
             still reaches the map's parameters through :math:`\phi_K = g(z_K)`.
+        check_finite: raise if an inner gradient is not finite (one device sync per step; turn
+            off for speed once a setup is known to be stable).
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or ``mirror_map`` not a
@@ -78,6 +80,7 @@ class MirrorMAML(nn.Module):
         lr: float | Tensor,
         *,
         first_order: bool = False,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -89,6 +92,7 @@ class MirrorMAML(nn.Module):
         self.mirror_map = mirror_map
         self.lr = lr
         self.first_order = bool(first_order)
+        self.check_finite = bool(check_finite)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the model at its own (meta) parameters :math:`\\phi_0`."""
@@ -109,6 +113,7 @@ class MirrorMAML(nn.Module):
             TypeError: if the map has no ``to_dual`` and ``z`` is not given.
             ValueError: if ``z`` does not fit the map.
         """
+        phi: Params
         if z is None:
             phi = dict(self.module.named_parameters())
             z0 = F.init(self.mirror_map, phi)
@@ -122,6 +127,7 @@ class MirrorMAML(nn.Module):
             phi=phi,
             z=z0,
             first_order=self.first_order if first_order is None else bool(first_order),
+            check_finite=self.check_finite,
         )
 
 
@@ -149,11 +155,13 @@ class MirrorLearner:
         phi: Params,
         z: Params,
         first_order: bool,
+        check_finite: bool = True,
     ) -> None:
         self.module = module
         self.mirror_map = mirror_map
         self.lr = lr
         self.first_order = first_order
+        self.check_finite = check_finite
         self.phi = phi
         self.z = z
 
@@ -191,7 +199,8 @@ class MirrorLearner:
             n: torch.zeros_like(p) if by_name.get(n) is None else by_name[n]
             for n, p in self.phi.items()
         }
-        F._check_finite(grads, "The gradient of `loss`")
+        if self.check_finite:
+            F._check_finite(grads, "The gradient of `loss`")
         self.z = F.step(self.mirror_map, self.z, grads, as_tensor_lr(self.lr, self.phi))
         self.phi = F.to_primal(self.mirror_map, self.z)
 

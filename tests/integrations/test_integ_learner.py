@@ -134,7 +134,15 @@ def test_adapting_never_touches_the_model() -> None:
         assert p is before[n][0] and torch.equal(p, before[n][1])
         assert not hasattr(p, "_lr") and p.grad is None
     assert not any(torch.equal(learner.phi[n], before[n][1]) for n in before)
-    assert set(vars(learner)) == {"module", "mirror_map", "lr", "first_order", "phi", "z"}
+    assert set(vars(learner)) == {
+        "module",
+        "mirror_map",
+        "lr",
+        "first_order",
+        "check_finite",
+        "phi",
+        "z",
+    }
 
 
 def test_frozen_parameters_get_zero_gradients() -> None:
@@ -175,6 +183,9 @@ def test_errors_name_the_argument() -> None:
         learner.adapt(torch.tensor(1.0))
     with pytest.raises(ValueError, match=r"gradient of `loss` is not finite"):
         learner.adapt(learner(x).sum() * float("inf"))
+    unchecked = MirrorMAML(model, mirror_map, LR, check_finite=False).clone()
+    unchecked.adapt(unchecked(x).sum() * float("inf"))  # let through, as asked
+    assert not torch.isfinite(unchecked.phi["0.bias"]).all()
 
 
 class _NoDual(MirrorMap):
