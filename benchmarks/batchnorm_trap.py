@@ -22,20 +22,24 @@ def main() -> None:
         params = dict(model.named_parameters())
         xs, ys, xq, yq = image_tasks(3, 2)
 
-        def task(x_s, y_s, x_q, y_q):  # noqa: ANN001, ANN202
+        def task(x_s, y_s, x_q, y_q, model=model, params=params):
             p = params
             for _ in range(2):
-                g = grad(lambda q: tnf.cross_entropy(functional_call(model, q, (x_s,)), y_s))(p)  # noqa: B023
+                support = lambda q: tnf.cross_entropy(functional_call(model, q, (x_s,)), y_s)  # noqa: E731
+                g = grad(support)(p)
                 p = {k: p[k] - 0.1 * g[k] for k in p}
             return tnf.cross_entropy(functional_call(model, p, (x_q,)), y_q)
 
         by_vmap = torch.autograd.grad(vmap(task)(xs, ys, xq, yq).mean(), list(params.values()))
         by_loop = torch.autograd.grad(
-            torch.stack([task(xs[i], ys[i], xq[i], yq[i]) for i in range(3)]).mean(), list(params.values())
+            torch.stack([task(xs[i], ys[i], xq[i], yq[i]) for i in range(3)]).mean(),
+            list(params.values()),
         )
         a = torch.cat([t.flatten() for t in by_vmap])
         b = torch.cat([t.flatten() for t in by_loop])
-        print(f"{norm}norm: relative error of the meta-gradient, vmap vs loop: {float((a - b).norm() / b.norm()):.3g}")
+        print(
+            f"{norm}norm: relative error of the meta-gradient, vmap vs loop: {float((a - b).norm() / b.norm()):.3g}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,12 @@ def conv4(width: int, size: int, ways: int, channels: int) -> nn.Module:
     layers: list[nn.Module] = []
     c = channels
     for _ in range(4):
-        layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(min(4, width), width), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(c, width, 3, padding=1),
+            nn.GroupNorm(min(4, width), width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         c = width
     layers += [nn.Flatten(), nn.Linear(width * (size // 16) ** 2, ways)]
     return nn.Sequential(*layers)
@@ -56,19 +61,31 @@ def baseline_step(model: nn.Module, tasks: tuple[Tensor, ...], lr: float, steps:
     return vmap(inner)(*tasks).mean()
 
 
-def mirror_step(model: nn.Module, g_map: mo.MirrorMap, tasks: tuple[Tensor, ...], lr: float, steps: int) -> Tensor:
+def mirror_step(
+    model: nn.Module, g_map: mo.MirrorMap, tasks: tuple[Tensor, ...], lr: float, steps: int
+) -> Tensor:
     params = dict(model.named_parameters())
     start = {} if g_map.has_to_dual else {"z": params}
 
     def inner(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
         support = lambda p: tnf.cross_entropy(functional_call(model, p, (x_s,)), y_s)  # noqa: E731
-        phi = mo.adapt(g_map, support, None if start else params, lr=lr, steps=steps, check_finite=False, **start)
+        phi = mo.adapt(
+            g_map,
+            support,
+            None if start else params,
+            lr=lr,
+            steps=steps,
+            check_finite=False,
+            **start,
+        )
         return tnf.cross_entropy(functional_call(model, phi, (x_q,)), y_q)
 
     return mo.map_tasks(inner, *tasks, model=model).mean()
 
 
-def measure(run: Callable[[], Tensor], leaves: list[Tensor], repeats: int, device: torch.device) -> tuple[float, float]:
+def measure(
+    run: Callable[[], Tensor], leaves: list[Tensor], repeats: int, device: torch.device
+) -> tuple[float, float]:
     """Median seconds per meta-iteration and peak memory in bytes (see the module docstring)."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.autograd.grad(run(), leaves)  # warm-up
@@ -102,16 +119,22 @@ def run_one(args: argparse.Namespace) -> None:
     )
     leaves = list(model.parameters())
     if args.only == "baseline":
-        t, m = measure(lambda: baseline_step(model, tasks, 0.01, args.steps), leaves, args.repeats, device)
+        t, m = measure(
+            lambda: baseline_step(model, tasks, 0.01, args.steps), leaves, args.repeats, device
+        )
     else:
         g_map = mo.maps.MAPS[args.only](model).to(device)
         leaves += list(g_map.parameters())
-        t, m = measure(lambda: mirror_step(model, g_map, tasks, 0.01, args.steps), leaves, args.repeats, device)
+        t, m = measure(
+            lambda: mirror_step(model, g_map, tasks, 0.01, args.steps), leaves, args.repeats, device
+        )
     print(json.dumps({"seconds": t, "bytes": m}))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Meta-iteration cost of each map vs hand-written GD.")
+    parser = argparse.ArgumentParser(
+        description="Meta-iteration cost of each map vs hand-written GD."
+    )
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
@@ -132,18 +155,27 @@ def main() -> None:
     results = {}
     for name in ["baseline", *args.maps]:
         out = subprocess.run(
-            [sys.executable, __file__, *forwarded, "--only", name], check=True, capture_output=True, text=True
+            [sys.executable, __file__, *forwarded, "--only", name],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results.pop("baseline")
-    print(f"Conv4-{args.width} {args.size}x{args.size}, {args.ways}-way {args.shots}-shot, {args.queries} "
-          f"queries, meta-batch {args.tasks}, K={args.steps}, {args.device}, median of {args.repeats}; "
-          f"baseline: hand-written torch.func GD")
+    print(
+        f"Conv4-{args.width} {args.size}x{args.size}, {args.ways}-way {args.shots}-shot, {args.queries} "
+        f"queries, meta-batch {args.tasks}, K={args.steps}, {args.device}, median of {args.repeats}; "
+        f"baseline: hand-written torch.func GD"
+    )
     print(f"{'method':<20}{'ms/iter':>10}{'time ratio':>12}{'memory MB':>11}{'mem ratio':>11}")
-    print(f"{'torch.func GD':<20}{1e3 * base['seconds']:>10.1f}{1.0:>12.3f}{base['bytes'] / 2**20:>11.1f}{1.0:>11.3f}")
+    print(
+        f"{'torch.func GD':<20}{1e3 * base['seconds']:>10.1f}{1.0:>12.3f}{base['bytes'] / 2**20:>11.1f}{1.0:>11.3f}"
+    )
     for name, r in results.items():
-        print(f"{name:<20}{1e3 * r['seconds']:>10.1f}{r['seconds'] / base['seconds']:>12.3f}"
-              f"{r['bytes'] / 2**20:>11.1f}{r['bytes'] / max(base['bytes'], 1):>11.3f}")
+        print(
+            f"{name:<20}{1e3 * r['seconds']:>10.1f}{r['seconds'] / base['seconds']:>12.3f}"
+            f"{r['bytes'] / 2**20:>11.1f}{r['bytes'] / max(base['bytes'], 1):>11.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class MirrorDescent(Optimizer):
             held by reference (not in ``param_groups``), so its learnable parameters are never
             copied.
         lr: step size :math:`\alpha > 0` (default for groups that set none).
-        z0: optional dual initialization name → tensor, required for maps without ``to_dual``.
+        z0: optional dual initialization name → tensor, required for maps without ``to_dual``;
+            the parameters are set to :math:`\phi_0 = g(z_0)` at construction.
         check_finite: raise on non-finite gradients instead of writing NaNs into the model.
 
     Raises:
@@ -82,6 +83,16 @@ class MirrorDescent(Optimizer):
                 f"dual initialization `z0` (dict name → tensor)."
             )
         self._z0 = None if z0 is None else {n: t.detach().clone() for n, t in z0.items()}
+        if self._z0 is not None:
+            self._start_from_dual(self._z0)
+
+    @torch.no_grad()
+    def _start_from_dual(self, z0: Mapping[str, Tensor]) -> None:
+        """Set ``state[p]["z"] = z0`` and the parameters to φ₀ = g(z₀), so gradients start there."""
+        phi0 = F.to_primal(self.mirror_map, z0)
+        for p, n in self._names.items():
+            self.state[p]["z"] = z0[n].to(p).clone()
+            p.copy_(phi0[n])
 
     def _match_names(self) -> dict[Tensor, str]:
         params = [p for group in self.param_groups for p in group["params"]]
@@ -132,8 +143,7 @@ class MirrorDescent(Optimizer):
         return loss
 
     def _init_duals(self) -> None:
-        phi = {n: p for p, n in self._names.items()}
-        z0 = self._z0 if self._z0 is not None else F.init(self.mirror_map, phi)
+        z0 = F.init(self.mirror_map, {n: p for p, n in self._names.items()})
         for p, n in self._names.items():
             if "z" not in self.state[p]:
                 self.state[p]["z"] = z0[n].to(p).clone()

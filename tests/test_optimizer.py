@@ -156,6 +156,7 @@ def test_errors_name_the_argument() -> None:
         mo.MirrorDescent(model.named_parameters(), NoDual(model), lr=0.1)
     z0 = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     opt = mo.MirrorDescent(model.named_parameters(), NoDual(model), lr=0.1, z0=z0)
+    assert torch.equal(model.weight.detach(), torch.zeros(1, 2))  # φ₀ = g(z₀), before any step
     model(torch.ones(1, 2)).sum().backward()
     opt.step()
     assert torch.equal(model.weight.detach(), torch.full((1, 2), -0.1))
