@@ -66,7 +66,9 @@ class _Block(nn.Module):
             self.dec_in = nn.Linear(width, hidden)
             # zero output head: g is the identity at initialization; in monotone mode only the
             # shift depends on earlier blocks, so the head has rows for μ only
-            self.head_weight = nn.Parameter(torch.zeros((1 if monotone else 2) * core_numel, hidden))
+            self.head_weight = nn.Parameter(
+                torch.zeros((1 if monotone else 2) * core_numel, hidden)
+            )
         # encoder: down factors U_k (r_k × n_k), tanh, then a dense layer to the context width
         self.down = nn.ParameterList()
         self.enc_out: nn.Linear | None = None
@@ -287,7 +289,7 @@ class BlockIAF(MirrorMap):
                 )
                 enc_sq = enc.square() if enc_sq is None else enc_sq + enc.square()
         if total is None:  # a single block: no cross-block dependence at all
-            ref = self.blocks[key_of(self.names[0])].head_bias
+            ref = self._blocks()[0].head_bias
             return torch.zeros((), dtype=ref.dtype, device=ref.device)
         return total
 
