@@ -28,12 +28,19 @@ def _mode_product(x: Tensor, mats: Sequence[Tensor], first: int = 0) -> Tensor:
     return x
 
 
-def _kron_norm(mats: Sequence[Tensor], like: Tensor) -> Tensor:
-    """Spectral norm of ``M_1 ⊗ … ⊗ M_m`` = product of the factors' spectral norms (1 if none)."""
-    out = torch.ones((), dtype=like.dtype, device=like.device)
-    for m in mats:
-        out = out * torch.linalg.matrix_norm(m, ord=2)
-    return out
+def _squared_spectral_norms(mats: Sequence[Tensor]) -> Tensor:
+    r"""The squared spectral norms :math:`\|M_i\|_2^2`, all in one batched symmetric eigensolve.
+
+    :math:`\|M\|_2^2` is the top eigenvalue of the smaller Gram matrix (:math:`MM^\top` or
+    :math:`M^\top M`); the Grams are zero-padded to one size (padding adds zero eigenvalues, and
+    Grams are positive semidefinite, so the top one is unchanged). Only eigenvalues are
+    differentiated, so the gradient :math:`v v^\top` is finite even at repeated eigenvalues (e.g.
+    at the zero-initialized heads), unlike a square root at zero.
+    """
+    grams = [m @ m.mT if m.shape[0] <= m.shape[1] else m.mT @ m for m in mats]
+    size = max(g.shape[0] for g in grams)
+    padded = [F.pad(g, (0, size - g.shape[0], 0, size - g.shape[0])) for g in grams]
+    return torch.linalg.eigvalsh(torch.stack(padded))[:, -1]
 
 
 class _Block(nn.Module):
@@ -135,9 +142,12 @@ class BlockIAF(MirrorMap):
     :math:`\kappa\Lambda \le c\,s_{\min}`: :meth:`monotonicity_modulus` returns
     :math:`\min s - \kappa\Lambda \ge (1-c)s_{\min} > 0` and :meth:`lipschitz_constant`
     :math:`\max s + \kappa\Lambda`, whatever the learned weights. (``monotone=False`` returns
-    ``None`` for both.) :math:`\kappa` is differentiable (a clamp of exact spectral norms), so
-    meta-training learns under the constraint, like spectral normalization but with an exact
-    upper bound rather than a power-iteration estimate.
+    ``None`` for both.) :math:`\kappa` is differentiable (a clamp of exact spectral norms, from
+    one batched eigensolve of the factors' small Gram matrices), so meta-training learns under
+    the constraint, like spectral normalization but with an exact upper bound rather than a
+    power-iteration estimate (which can under-estimate). Cost: :math:`O(1)` in :math:`d` per call
+    beyond the factors themselves (about 100 matrices of side at most ``max(rank, width,
+    hidden)`` for a Conv4).
 
     Note:
         Deviations from the authors' version: (1) the scale is a logistic function rescaled to
@@ -270,27 +280,39 @@ class BlockIAF(MirrorMap):
         return scale.reshape(shape), mu.reshape(shape)
 
     def _shift_bound_squared(self) -> Tensor:
-        r""":math:`\Lambda^2 = \sum_B L_B^2 \sum_{j<B} \ell_j^2` (spectral norms; see the class)."""
+        r""":math:`\Lambda^2 = \sum_B L_B^2 \sum_{j<B} \ell_j^2` (spectral norms; see the class).
+
+        A Kronecker product's spectral norm is the product of its factors' spectral norms, so
+        :math:`L_B^2 = \|W_B\|^2\|W'_B\|^2\prod_k\|V_{B,k}\|^2` and
+        :math:`\ell_j^2 = \|E_j\|^2\prod_k\|U_{j,k}\|^2`.
+        """
+        blocks = self._blocks()
+        groups: list[list[Tensor]] = []  # per block: [decoder matrices], [encoder matrices]
+        for block in blocks:
+            dec = (
+                [block.head_weight, block.dec_in.weight, *block.lift]
+                if block.head_weight is not None and block.dec_in is not None
+                else []
+            )
+            enc = [block.enc_out.weight, *block.down] if block.enc_out is not None else []
+            groups += [dec, enc]
+        mats = [m for group in groups for m in group]
+        if not mats:  # a single block: no cross-block dependence at all
+            ref = blocks[0].head_bias
+            return torch.zeros((), dtype=ref.dtype, device=ref.device)
+        squares = _squared_spectral_norms(mats)
+        products, start = [], 0
+        for group in groups:
+            products.append(squares[start : start + len(group)].prod() if group else None)
+            start += len(group)
         total: Tensor | None = None
         enc_sq: Tensor | None = None
-        for block in self._blocks():
-            if block.head_weight is not None and enc_sq is not None:
-                assert block.dec_in is not None
-                dec = (
-                    torch.linalg.matrix_norm(block.head_weight, ord=2)
-                    * torch.linalg.matrix_norm(block.dec_in.weight, ord=2)
-                    * _kron_norm(list(block.lift), block.head_weight)
-                )
-                term = dec.square() * enc_sq
-                total = term if total is None else total + term
-            if block.enc_out is not None:
-                enc = torch.linalg.matrix_norm(block.enc_out.weight, ord=2) * _kron_norm(
-                    list(block.down), block.enc_out.weight
-                )
-                enc_sq = enc.square() if enc_sq is None else enc_sq + enc.square()
-        if total is None:  # a single block: no cross-block dependence at all
-            ref = self._blocks()[0].head_bias
-            return torch.zeros((), dtype=ref.dtype, device=ref.device)
+        for dec_sq, this_enc_sq in zip(products[0::2], products[1::2]):
+            if dec_sq is not None and enc_sq is not None:
+                total = dec_sq * enc_sq if total is None else total + dec_sq * enc_sq
+            if this_enc_sq is not None:
+                enc_sq = this_enc_sq if enc_sq is None else enc_sq + this_enc_sq
+        assert total is not None
         return total
 
     def _kappa(self) -> Tensor:
@@ -344,7 +366,7 @@ class BlockIAF(MirrorMap):
         """
         if not self.monotone:
             return None
-        return float(self._kappa() * self._shift_bound_squared().sqrt())
+        return float(self._kappa() * self._shift_bound_squared().clamp(min=0.0).sqrt())
 
     def monotonicity_modulus(self) -> float | None:
         r""":math:`\min_i s_i - \kappa\Lambda \ge (1-c)\,s_{\min}` if ``monotone``, else ``None``."""

@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from mirroropt import MirrorDescent, adapt, adapt_trajectory, map_tasks
 from mirroropt.maps import MAPS, BlockIAF, Identity
-from mirroropt.maps._block_iaf import _mode_product
+from mirroropt.maps._block_iaf import _mode_product, _squared_spectral_norms
 from mirroropt.testing import (
     PropertyError,
     check_gradient_field,
@@ -173,6 +173,24 @@ def test_mode_product_is_the_kronecker_product() -> None:
     ]
     dense = torch.kron(torch.kron(mats[0], mats[1]), mats[2]) @ x.reshape(-1)
     torch.testing.assert_close(_mode_product(x, mats).reshape(-1), dense, rtol=1e-12, atol=1e-12)
+
+
+def test_squared_spectral_norms_match_svd() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mats = [
+        torch.randn(shape, generator=gen, dtype=torch.float64)
+        for shape in [(2, 7), (7, 2), (5, 5), (1, 3), (6, 4)]
+    ] + [torch.zeros(3, 2, dtype=torch.float64)]
+    expected = torch.stack([torch.linalg.matrix_norm(m, ord=2) ** 2 for m in mats])
+    torch.testing.assert_close(_squared_spectral_norms(mats), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_single_block_has_no_cross_block_term() -> None:
+    g = perturbed(BlockIAF({"w": (3, 2)}, monotone=True), scale=1.0)
+    assert g.cross_lipschitz() == 0.0
+    scales = torch.diagonal(_jacobian(g, _rand(dict(g.shapes), 0)))
+    assert g.monotonicity_modulus() == pytest.approx(float(scales.min()), rel=1e-12)
+    assert g.lipschitz_constant() == pytest.approx(float(scales.max()), rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
