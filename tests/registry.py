@@ -59,8 +59,9 @@ CASES: list[MapCase] = [
     MapCase("identity", Identity),
     MapCase("diagonal", Diagonal),
     MapCase("diagonal-per-tensor", lambda s: Diagonal(s, per="tensor")),
-    # unconstrained flow: monotone only for small cross-block weights on a bounded box (at 0.1 its
-    # symmetrized Jacobian is already indefinite there; see tests/maps/test_block_iaf.py)
+    # unconstrained flow: monotone only on a bounded box and for small cross-block weights (measured
+    # on this box: at perturbation 0.1 its symmetrized Jacobian is already indefinite; never
+    # monotone on all of R^d, see tests/maps/test_block_iaf.py)
     MapCase("block_iaf", BlockIAF, trained=lambda s: perturbed(BlockIAF(s), scale=0.05)),
     # monotone=True is strongly monotone by construction, even after a large perturbation
     MapCase(
