@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mirroropt.maps import Diagonal, Identity, MirrorMap
+from mirroropt.maps import BlockIAF, Diagonal, Identity, MirrorMap
 
 #: Layer-like tensors: a conv kernel, its bias, a linear layer and a 0-d scalar.
 SHAPES: dict[str, torch.Size] = {
@@ -59,4 +59,14 @@ CASES: list[MapCase] = [
     MapCase("identity", Identity),
     MapCase("diagonal", Diagonal),
     MapCase("diagonal-per-tensor", lambda s: Diagonal(s, per="tensor")),
+    # unconstrained flow: monotone only on a bounded box and for small cross-block weights (measured
+    # on this box: at perturbation 0.1 its symmetrized Jacobian is already indefinite; never
+    # monotone on all of R^d, see tests/maps/test_block_iaf.py)
+    MapCase("block_iaf", BlockIAF, trained=lambda s: perturbed(BlockIAF(s), scale=0.05)),
+    # monotone=True is strongly monotone by construction, even after a large perturbation
+    MapCase(
+        "block_iaf-monotone",
+        lambda s: BlockIAF(s, monotone=True),
+        trained=lambda s: perturbed(BlockIAF(s, monotone=True), scale=1.0),
+    ),
 ]

@@ -7,13 +7,15 @@ invariant tests); adding a map is one line here.
 from __future__ import annotations
 
 from mirroropt.maps._base import MirrorMap
+from mirroropt.maps._block_iaf import BlockIAF
 from mirroropt.maps._diagonal import Diagonal
 from mirroropt.maps._identity import Identity
 
-__all__ = ["MAPS", "Diagonal", "Identity", "MirrorMap"]
+__all__ = ["MAPS", "BlockIAF", "Diagonal", "Identity", "MirrorMap"]
 
 #: Every concrete map by its command-line name.
 MAPS: dict[str, type[MirrorMap]] = {
     "identity": Identity,
     "diagonal": Diagonal,
+    "block_iaf": BlockIAF,
 }
