@@ -53,8 +53,8 @@ class Diagonal(MirrorMap):
         >>> g = Diagonal({"w": torch.zeros(2)})
         >>> with torch.no_grad():
         ...     _ = g.log_scale["w"].fill_(torch.log(torch.tensor(2.0)))
-        >>> g.to_primal({"w": torch.tensor([1.0, -3.0])})["w"]
-        tensor([ 2., -6.])
+        >>> g.to_primal({"w": torch.tensor([1.0, -3.0])})["w"].tolist()
+        [2.0, -6.0]
 
     References:
         Li, Zhou, Chen & Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning",
