@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mirroropt.maps import Diagonal, Identity, MirrorMap
+from mirroropt.maps import Kronecker  # zoo1
 
 #: Layer-like tensors: a conv kernel, its bias, a linear layer and a 0-d scalar.
 SHAPES: dict[str, torch.Size] = {
@@ -42,12 +43,16 @@ class MapCase:
         make: builds the map (float64) at its identity initialization from a shapes dict.
         trained: builds the map away from initialization (default: ``perturbed(make(shapes))``).
         bound: dual points are drawn from ``[-bound, bound]``.
+        identity_init: ``make`` builds the map at an identity (gradient-descent) initialization;
+            classical maps that are fixed and not the identity (entropic, p-norm) set False and
+            are asserted NOT to reduce to gradient descent.
     """
 
     id: str
     make: Callable[[dict[str, torch.Size]], MirrorMap]
     trained: Callable[[dict[str, torch.Size]], MirrorMap] | None = None
     bound: float = 4.0
+    identity_init: bool = True
 
     def build_trained(self, shapes: dict[str, torch.Size]) -> MirrorMap:
         if self.trained is not None:
@@ -59,4 +64,6 @@ CASES: list[MapCase] = [
     MapCase("identity", Identity),
     MapCase("diagonal", Diagonal),
     MapCase("diagonal-per-tensor", lambda s: Diagonal(s, per="tensor")),
+    MapCase("kronecker", Kronecker),
+    MapCase("kronecker-capped", lambda s: Kronecker(s, max_factor_size=3)),
 ]

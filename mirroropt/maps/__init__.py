@@ -9,6 +9,7 @@ from __future__ import annotations
 from mirroropt.maps._base import MirrorMap
 from mirroropt.maps._diagonal import Diagonal
 from mirroropt.maps._identity import Identity
+from mirroropt.maps._kronecker import Kronecker
 
 __all__ = ["MAPS", "Diagonal", "Identity", "MirrorMap"]
 
@@ -16,4 +17,6 @@ __all__ = ["MAPS", "Diagonal", "Identity", "MirrorMap"]
 MAPS: dict[str, type[MirrorMap]] = {
     "identity": Identity,
     "diagonal": Diagonal,
+    "kronecker": Kronecker,
 }
+__all__ += ["Kronecker"]  # zoo1 maps (kept as an added line so parallel branches merge)
