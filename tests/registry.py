@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mirroropt import maps
 from mirroropt.maps import Diagonal, Identity, MirrorMap
-from mirroropt.maps import Kronecker  # zoo1
 
 #: Layer-like tensors: a conv kernel, its bias, a linear layer and a 0-d scalar.
 SHAPES: dict[str, torch.Size] = {
@@ -64,6 +64,6 @@ CASES: list[MapCase] = [
     MapCase("identity", Identity),
     MapCase("diagonal", Diagonal),
     MapCase("diagonal-per-tensor", lambda s: Diagonal(s, per="tensor")),
-    MapCase("kronecker", Kronecker),
-    MapCase("kronecker-capped", lambda s: Kronecker(s, max_factor_size=3)),
+    MapCase("kronecker", maps.Kronecker),
+    MapCase("kronecker-capped", lambda s: maps.Kronecker(s, max_factor_size=3)),
 ]
