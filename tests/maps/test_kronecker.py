@@ -41,7 +41,11 @@ def _dense_p(g: Kronecker, name: str) -> Tensor:
     logs = g.log_factors[name.replace(".", "-")]
     modes = [m for m in ("scale", "diag", "out", "in", "kernel") if m in logs]
     for s in (logs[m] for m in modes):
-        a = torch.linalg.matrix_exp(0.5 * (s + s.T)) if s.ndim == 2 else torch.diag(s.exp().reshape(-1))
+        a = (
+            torch.linalg.matrix_exp(0.5 * (s + s.T))
+            if s.ndim == 2
+            else torch.diag(s.exp().reshape(-1))
+        )
         p = torch.kron(p, a)
     return p.detach()
 
@@ -55,14 +59,18 @@ def test_equals_dense_kronecker_reference(max_factor_size: int | None) -> None:
     for name, shape in SHAPES.items():
         p = _dense_p(g, name)
         assert p.shape == (shape.numel(), shape.numel())
-        torch.testing.assert_close(out[name].reshape(-1), p @ z[name].reshape(-1), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            out[name].reshape(-1), p @ z[name].reshape(-1), rtol=1e-12, atol=1e-12
+        )
         solved = torch.linalg.solve(p, phi[name].reshape(-1))
         torch.testing.assert_close(back[name].reshape(-1), solved, rtol=1e-10, atol=1e-10)
 
 
 def test_factor_shapes_and_diagonal_fallback() -> None:
     shapes = {n: tuple(s) for n, s in SHAPES.items()}
-    full = {n: tuple(p.shape) for n, p in Kronecker(shapes, max_factor_size=None).named_parameters()}
+    full = {
+        n: tuple(p.shape) for n, p in Kronecker(shapes, max_factor_size=None).named_parameters()
+    }
     assert full == {
         "log_factors.conv-weight.out": (3, 3),
         "log_factors.conv-weight.in": (2, 2),
@@ -89,7 +97,9 @@ def test_round_trip_and_closed_form_inverse() -> None:
     for name in SHAPES:
         for a, a_inv in zip(g.factors(name), g.factors(name, inverse=True)):
             eye = a @ a_inv if a.ndim == 2 else a * a_inv
-            torch.testing.assert_close(eye, torch.eye(a.shape[0], dtype=DT) if a.ndim == 2 else torch.ones_like(a))
+            torch.testing.assert_close(
+                eye, torch.eye(a.shape[0], dtype=DT) if a.ndim == 2 else torch.ones_like(a)
+            )
 
 
 @pytest.mark.parametrize("scale", [0.5, 3.0])
@@ -177,12 +187,19 @@ def test_identity_at_initialization_is_gradient_descent_bit_for_bit() -> None:
     for n, p in sgd_model.named_parameters():
         assert torch.equal(got[n].detach(), ref[n].detach())
         torch.testing.assert_close(got[n].detach(), p.detach(), rtol=1e-13, atol=1e-13)
-        torch.testing.assert_close(dict(md_model.named_parameters())[n].detach(), p.detach(), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(
+            dict(md_model.named_parameters())[n].detach(), p.detach(), rtol=1e-13, atol=1e-13
+        )
 
 
 def test_gradcheck_through_unrolled_adapt() -> None:
     """∂φ_K/∂(factors, φ_0, lr) through K = 3 second-order steps, float64."""
-    shapes = {"w": torch.Size((2, 3)), "k": torch.Size((2, 1, 2)), "b": torch.Size((2,)), "s": torch.Size(())}
+    shapes = {
+        "w": torch.Size((2, 3)),
+        "k": torch.Size((2, 1, 2)),
+        "b": torch.Size((2,)),
+        "s": torch.Size(()),
+    }
     g = _perturbed(Kronecker(shapes), scale=0.3, seed=8)
     loss = _loss(_random(shapes, 9))
     names = [n for n, _ in g.named_parameters()]
