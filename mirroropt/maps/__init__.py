@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mirroropt.maps._base import MirrorMap
 from mirroropt.maps._diagonal import Diagonal
+from mirroropt.maps._entropic import Entropic
 from mirroropt.maps._identity import Identity
 from mirroropt.maps._kronecker import Kronecker
 
@@ -18,5 +19,6 @@ MAPS: dict[str, type[MirrorMap]] = {
     "identity": Identity,
     "diagonal": Diagonal,
     "kronecker": Kronecker,
+    "entropic": Entropic,
 }
-__all__ += ["Kronecker"]  # zoo1 maps (kept as an added line so parallel branches merge)
+__all__ += ["Entropic", "Kronecker"]  # zoo1 maps (kept as an added line so parallel branches merge)
