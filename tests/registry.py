@@ -81,6 +81,13 @@ CASES: list[MapCase] = [
     MapCase("diagonal-per-tensor", lambda s: Diagonal(s, per="tensor")),
     MapCase("kronecker", maps.Kronecker),
     MapCase("kronecker-capped", lambda s: maps.Kronecker(s, max_factor_size=3)),
+    MapCase("pnorm-2", lambda s: maps.PNorm(s, p=2)),
+    MapCase("pnorm-2-per-tensor", lambda s: maps.PNorm(s, p=2, per="tensor")),
+    MapCase("pnorm-auto", maps.PNorm, identity_init=False),
+    MapCase(
+        "pnorm-1.5-per-tensor", lambda s: maps.PNorm(s, p=1.5, per="tensor"), identity_init=False
+    ),
+    MapCase("pnorm-3", lambda s: maps.PNorm(s, p=3.0), identity_init=False),
     MapCase("entropic-orthant", maps.Entropic, identity_init=False),
     MapCase(
         "entropic-simplex",

@@ -11,6 +11,7 @@ from mirroropt.maps._diagonal import Diagonal
 from mirroropt.maps._entropic import Entropic
 from mirroropt.maps._identity import Identity
 from mirroropt.maps._kronecker import Kronecker
+from mirroropt.maps._pnorm import PNorm
 
 __all__ = ["MAPS", "Diagonal", "Identity", "MirrorMap"]
 
@@ -20,5 +21,10 @@ MAPS: dict[str, type[MirrorMap]] = {
     "diagonal": Diagonal,
     "kronecker": Kronecker,
     "entropic": Entropic,
+    "pnorm": PNorm,
 }
-__all__ += ["Entropic", "Kronecker"]  # zoo1 maps (kept as an added line so parallel branches merge)
+__all__ += [
+    "Entropic",
+    "Kronecker",
+    "PNorm",
+]  # zoo1 maps (kept as an added line so parallel branches merge)
