@@ -74,8 +74,8 @@ class Kronecker(MirrorMap):
     :math:`L = \max_{\text{tensors}} \prod_j \lambda_{\max}(A_j)` (from ``eigvalsh`` of the small
     :math:`\operatorname{sym} S_j`). Identity at initialization (:math:`S_j = 0`), so
     meta-training starts as MAML. Cost per ``to_primal``: :math:`O(d \sum_j m_j)` for the mode
-    products plus :math:`O(\sum_j m_j^3)` for the factors' exponentials; no :math:`d \times d` matrix
-    is ever built.
+    products plus :math:`O(\sum_j m_j^3)` for the factors' exponentials (one batched
+    ``matrix_exp`` per distinct factor size); no :math:`d \times d` matrix is ever built.
 
     Note:
         Meta-Curvature (Park & Oliva, 2019) learns *unconstrained* factors :math:`M_o, M_i, M_f`
@@ -171,19 +171,33 @@ class Kronecker(MirrorMap):
         """
         if name not in self.shapes:
             raise KeyError(f"`name` must be one of {list(self.shapes)}, got {name!r}.")
+        return self._factor_lists([name], inverse)[name]
+
+    def _factor_lists(self, names: list[str], inverse: bool) -> dict[str, list[Tensor]]:
+        """Factors of several tensors; dense ones of equal size share one batched matrix_exp."""
         sign = -1.0 if inverse else 1.0
-        out = []
-        for s in self._logs(name):
-            if s.ndim == 2:
-                out.append(torch.linalg.matrix_exp(sign * 0.5 * (s + s.mT)))
-            else:
-                out.append(torch.exp(sign * s))
+        logs = {name: self._logs(name) for name in names}
+        dense: dict[int, list[tuple[str, int, Tensor]]] = {}  # size m → (name, mode, S)
+        for name, entries in logs.items():
+            for j, s in enumerate(entries):
+                if s.ndim == 2:
+                    dense.setdefault(s.shape[0], []).append((name, j, s))
+        out = {
+            name: [torch.exp(sign * s) if s.ndim < 2 else s for s in entries]
+            for name, entries in logs.items()
+        }
+        for group in dense.values():
+            stacked = torch.stack([s for _, _, s in group])
+            exps = torch.linalg.matrix_exp(sign * 0.5 * (stacked + stacked.mT))
+            for (name, j, _), a in zip(group, exps.unbind(0)):
+                out[name][j] = a
         return out
 
     def _precondition(self, params: Mapping[str, Tensor], inverse: bool) -> Params:
+        factor_lists = self._factor_lists(list(self.shapes), inverse)
         out: Params = {}
         for name, shape in self.shapes.items():
-            factors = self.factors(name, inverse=inverse)
+            factors = factor_lists[name]
             if len(shape) == 0:
                 out[name] = params[name] * factors[0]
                 continue
