@@ -120,6 +120,9 @@ class Entropic(MirrorMap):
     is_gradient_field: ClassVar[bool] = True
     is_linear: ClassVar[bool] = False
 
+    domain: Literal["orthant", "simplex"]
+    dim: int
+
     def __init__(
         self,
         params: Any,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, cast, final
 
 import torch
 from torch import Tensor, nn
@@ -155,7 +155,7 @@ class Kronecker(MirrorMap):
         self.log_factors = nn.ModuleDict(factors)
 
     def _logs(self, name: str) -> list[Tensor]:
-        entries = self.log_factors[key_of(name)]
+        entries = cast(nn.ParameterDict, self.log_factors[key_of(name)])
         return [entries[mode] for mode in _MODES[len(_mode_sizes(self.shapes[name]))]]
 
     def factors(self, name: str, *, inverse: bool = False) -> list[Tensor]:

@@ -155,7 +155,7 @@ def test_simplex_monotone_only_up_to_shifts_and_half_lipschitz() -> None:
     points = [big.canonical_dual(_random(SHAPES, s, scale=2.0)) for s in range(5)]
     assert check_lipschitz(big, points).measured < 0.5
     assert check_monotone(big, points).measured > 0
-    assert big.lipschitz_constant() == 0.5 and big.monotonicity_modulus() is None
+    assert big.lipschitz_constant() == 0.5 and big.monotonicity_modulus() is None  # type: ignore[func-returns-value]
     assert Entropic(SHAPES).lipschitz_constant() is None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -38,7 +40,7 @@ def _random(shapes: dict[str, torch.Size], seed: int) -> dict[str, Tensor]:
 def _dense_p(g: Kronecker, name: str) -> Tensor:
     """P = A_out ⊗ A_in ⊗ A_k, built independently from the raw parameters with torch.kron."""
     p = torch.ones(1, 1, dtype=DT)
-    logs = g.log_factors[name.replace(".", "-")]
+    logs = cast(nn.ParameterDict, g.log_factors[name.replace(".", "-")])
     modes = [m for m in ("scale", "diag", "out", "in", "kernel") if m in logs]
     for s in (logs[m] for m in modes):
         a = (
@@ -131,9 +133,10 @@ def test_only_the_symmetric_part_of_a_factor_matters() -> None:
     noise = torch.randn(5, 5, generator=gen, dtype=DT)
     with torch.no_grad():
         before = g.to_primal(z)["fc.weight"]
-        g.log_factors["fc-weight"]["in"].add_(noise - noise.T)  # skew: no effect
+        s = cast(nn.ParameterDict, g.log_factors["fc-weight"])["in"]
+        s.add_(noise - noise.T)  # skew: no effect
         torch.testing.assert_close(g.to_primal(z)["fc.weight"], before, rtol=1e-12, atol=1e-12)
-        g.log_factors["fc-weight"]["in"].add_(noise + noise.T)  # symmetric: changes P
+        s.add_(noise + noise.T)  # symmetric: changes P
         assert (g.to_primal(z)["fc.weight"] - before).abs().max() > 1e-2
 
 

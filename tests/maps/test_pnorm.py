@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -28,7 +30,9 @@ SHAPES = {
 PS = [1.1, 1.5, 2.0, 2.5, 4.0, "auto"]
 
 
-def _random(shapes: dict[str, torch.Size], seed: int, scale: float = 2.0) -> dict[str, Tensor]:
+def _random(
+    shapes: Mapping[str, tuple[int, ...]], seed: int, scale: float = 2.0
+) -> dict[str, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {n: scale * torch.randn(s, generator=gen, dtype=DT) for n, s in shapes.items()}
 
@@ -95,7 +99,7 @@ def test_round_trip(p: float | str, per: str) -> None:
 
 
 @pytest.mark.parametrize("per", ["all", "tensor"])
-def test_p_two_is_gradient_descent_exactly(per: str) -> None:
+def test_p_two_is_gradient_descent_exactly(per: Literal["all", "tensor"]) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     x, y = torch.randn(6, 3, dtype=DT), torch.randn(6, 2, dtype=DT)
 
