@@ -27,6 +27,7 @@ Steps (the defaults reproduce the shipped file):
    round-robin over families: a second face of a family only once every family has one).
 6. Drop look-alike classes: a class whose mean image correlates ≥ ``lookalike_corr`` with the
    mean image of an earlier kept class (Latin ``o``/``O``, Greek capital alpha/Latin ``A``, …).
+   Then drop scripts left with fewer than ``min_script_classes`` classes.
 
 Writes ``<out>.npz`` (``images`` uint8 [N, 28, 28], ``labels`` int32 [N], ``class_codepoints``
 int32 [C], ``class_scripts`` int32 [C], ``script_names`` str [S]) and
@@ -109,6 +110,7 @@ class BuildParams:
             script is banned from that script.
         lookalike_corr: a class whose mean image correlates at least this much with an earlier
             kept class is dropped.
+        min_script_classes: scripts left with fewer classes than this are dropped.
         seed: seed of the per-class sample draw.
         assume_licence: licence to assume for fonts whose package has no copyright information
             (``None``: such fonts are excluded).
@@ -122,6 +124,7 @@ class BuildParams:
     outlier_corr: float = 0.45
     ban_fraction: float = 0.25
     lookalike_corr: float = 0.95
+    min_script_classes: int = 5
     seed: int = 0
     assume_licence: str | None = None
 
@@ -459,6 +462,11 @@ def build_fontglot(
                 continue
         final.append((cp, members))
         means.append(mean)
+    script_sizes: dict[str, int] = {}
+    for cp, _ in final:
+        script_sizes[letters[cp]] = script_sizes.get(letters[cp], 0) + 1
+    small_scripts = {k: v for k, v in script_sizes.items() if v < params.min_script_classes}
+    final = [(cp, members) for cp, members in final if letters[cp] not in small_scripts]
     if not final:
         raise ValueError(
             f"No class survived the filters for fonts in {str(fonts)!r} "
@@ -516,7 +524,8 @@ def build_fontglot(
             "classes": len(final),
             "samples": len(images),
             "scripts": len(script_names),
-            "fonts": len(used_fonts),
+            "faces": len(used_fonts),
+            "families": len({reps[f][1] for f in used_fonts}),
             "per_script": per_script,
             "per_split_classes": {k: sum(per_script[s] for s in v) for k, v in split.items()},
         },
@@ -534,6 +543,7 @@ def build_fontglot(
                 for f, script in sorted(banned)
             ],
             "classes_too_small": too_small,
+            "scripts_too_small": small_scripts,
             "lookalike_classes": lookalikes,
             "unreadable_faces": unreadable,
         },
@@ -629,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = manifest["counts"]
     print(
         f"FontGlot: {counts['classes']} classes x {params.samples} = {counts['samples']} samples, "
-        f"{counts['scripts']} scripts, {counts['fonts']} font families -> {args.out}\n"
+        f"{counts['scripts']} scripts, {counts['faces']} font faces of {counts['families']} "
+        f"families -> {args.out}\n"
         f"per script: {counts['per_script']}\nsplit classes: {counts['per_split_classes']}\n"
         f"sha256: {manifest['checksum']['value']}"
     )
