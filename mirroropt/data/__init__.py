@@ -1,7 +1,7 @@
 """Data layer: FontGlot, Omniglot/miniImageNet loaders, sinusoid tasks, episodic sampling."""
 
+from mirroropt.data._baselines import nearest_centroid_accuracy
 from mirroropt.data._dataset import FewShotDataset
-from mirroropt.data.baselines import nearest_centroid_accuracy
 from mirroropt.data.episodes import (
     Augmentation,
     EpisodeBatch,

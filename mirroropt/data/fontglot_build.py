@@ -43,6 +43,7 @@ import hashlib
 import json
 import multiprocessing
 import platform
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -251,7 +252,7 @@ def _render(args: tuple[str, int, tuple[int, ...], BuildParams]) -> list[np.ndar
     inner = p.size - 2 * p.border
 
     def draw(ch: str) -> Image.Image | None:
-        left, top, right, bottom = font.getbbox(ch)
+        left, top, right, bottom = (int(v) for v in font.getbbox(ch))
         w, h = max(right - left, 1) + 8, max(bottom - top, 1) + 8
         im = Image.new("L", (w, h), 0)
         ImageDraw.Draw(im).text((4 - left, 4 - top), ch, font=font, fill=255)
@@ -436,7 +437,7 @@ def build_fontglot(
         # are, before a second face (bold, italic, …) of any family.
         order = rng.permutation(len(members))
         rank: dict[str, int] = {}
-        keyed = []
+        keyed: list[tuple[int, int, int]] = []
         for k in order:
             family = reps[members[k][0]][1]
             keyed.append((rank.get(family, 0), len(keyed), int(k)))
@@ -444,12 +445,14 @@ def build_fontglot(
         pick = sorted(k for _, _, k in sorted(keyed)[: params.samples])
         chosen.append((cp, [members[k] for k in pick]))
     final: list[tuple[int, list[tuple[int, np.ndarray]]]] = []
-    means: list[np.ndarray] = []
+    unit_means = np.zeros((len(chosen), params.size * params.size))  # rows of kept classes
     lookalikes: list[dict] = []
     for cp, members in chosen:
-        mean = np.stack([im for _, im in members]).astype(np.float64).mean(axis=0)
-        if means:
-            corr = _corr(np.stack([mean, *means]))[0, 1:]
+        mean = np.stack([im for _, im in members]).astype(np.float64).mean(axis=0).ravel()
+        mean -= mean.mean()
+        mean /= np.linalg.norm(mean) + 1e-12
+        if final:
+            corr = unit_means[: len(final)] @ mean
             j = int(np.argmax(corr))
             if corr[j] >= params.lookalike_corr:
                 lookalikes.append(
@@ -460,8 +463,8 @@ def build_fontglot(
                     }
                 )
                 continue
+        unit_means[len(final)] = mean
         final.append((cp, members))
-        means.append(mean)
     script_sizes: dict[str, int] = {}
     for cp, _ in final:
         script_sizes[letters[cp]] = script_sizes.get(letters[cp], 0) + 1
@@ -596,16 +599,20 @@ def _fetch_debian(scratch: Path, packages: tuple[str, ...], update: bool) -> Pat
     debs = scratch / "debs"
     unpacked = scratch / "unpacked"
     debs.mkdir(parents=True, exist_ok=True)
+    unpacked.mkdir(parents=True, exist_ok=True)
     if update:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "download", *packages], cwd=debs, check=True)
+    subprocess.run(["apt-get", "download", "-q", *packages], cwd=debs, check=True)
     for deb in sorted(debs.glob("*.deb")):
         package = deb.name.split("_", 1)[0]
         if package not in packages:
             continue
         target = unpacked / package
-        if not target.is_dir():
-            subprocess.run(["dpkg", "-x", str(deb), str(target)], check=True)
+        if not target.is_dir():  # unpack beside, then rename: a failed unpack leaves no target
+            partial = unpacked / f".{package}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            subprocess.run(["dpkg", "-x", str(deb), str(partial)], check=True)
+            partial.rename(target)
     return unpacked
 
 
