@@ -1,5 +1,6 @@
 """Data layer: FontGlot, Omniglot/miniImageNet loaders, sinusoid tasks, episodic sampling."""
 
+from mirroropt.data._baselines import nearest_centroid_accuracy
 from mirroropt.data._dataset import FewShotDataset
 from mirroropt.data.episodes import (
     Augmentation,
@@ -8,6 +9,7 @@ from mirroropt.data.episodes import (
     augment_images,
     sample_episodes,
 )
+from mirroropt.data.fontglot import FontGlotChecksumError, default_fontglot_path, load_fontglot
 from mirroropt.data.miniimagenet import load_miniimagenet
 from mirroropt.data.omniglot import load_omniglot
 from mirroropt.data.sinusoid import (
@@ -22,11 +24,15 @@ __all__ = [
     "EpisodeBatch",
     "EpisodeSampler",
     "FewShotDataset",
+    "FontGlotChecksumError",
     "SinusoidBatch",
     "SinusoidTaskSampler",
     "augment_images",
+    "default_fontglot_path",
+    "load_fontglot",
     "load_miniimagenet",
     "load_omniglot",
+    "nearest_centroid_accuracy",
     "sample_episodes",
     "sample_sinusoid_tasks",
     "sinusoid_targets",

@@ -146,21 +146,28 @@ class SinusoidTaskSampler:
         x_range: tuple[float, float] = (-5.0, 5.0),
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self._kwargs = dict(
-            amplitude_range=amplitude_range, phase_range=phase_range, x_range=x_range, dtype=dtype
-        )
         self.tasks, self.shots, self.queries = tasks, shots, queries
+        self.amplitude_range, self.phase_range, self.x_range = amplitude_range, phase_range, x_range
+        self.dtype = dtype
         self.generator = torch.Generator().manual_seed(seed)
         # Validate eagerly, with a throwaway generator so that the stream is untouched.
-        sample_sinusoid_tasks(
-            tasks, shots, queries, generator=torch.Generator().manual_seed(0), **self._kwargs
+        self._draw(torch.Generator().manual_seed(0))
+
+    def _draw(self, generator: torch.Generator) -> SinusoidBatch:
+        return sample_sinusoid_tasks(
+            self.tasks,
+            self.shots,
+            self.queries,
+            generator=generator,
+            amplitude_range=self.amplitude_range,
+            phase_range=self.phase_range,
+            x_range=self.x_range,
+            dtype=self.dtype,
         )
 
     def sample(self) -> SinusoidBatch:
         """Draw the next batch."""
-        return sample_sinusoid_tasks(
-            self.tasks, self.shots, self.queries, generator=self.generator, **self._kwargs
-        )
+        return self._draw(self.generator)
 
     def __iter__(self) -> SinusoidTaskSampler:
         return self
