@@ -46,10 +46,6 @@ class MapCase:
         identity_init: ``make`` builds the map at an identity (gradient-descent) initialization;
             classical maps that are fixed and not the identity (entropic, p-norm) set False and
             are asserted NOT to reduce to gradient descent.
-        dual_subspace: for maps that are injective only on a subspace of dual points (the
-            entropic simplex map: softmax ignores shifts along its axis), ``(map, z) -> z'``
-            projects a dual point onto it; the invariants (round trip, strict monotonicity) are
-            checked on projected points. ``None``: the whole dual space.
     """
 
     id: str
@@ -57,28 +53,11 @@ class MapCase:
     trained: Callable[[dict[str, torch.Size]], MirrorMap] | None = None
     bound: float = 4.0
     identity_init: bool = True
-    dual_subspace: (
-        Callable[[MirrorMap, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None
-    ) = None
-
-    def on_subspace(
-        self, g: MirrorMap, points: list[dict[str, torch.Tensor]]
-    ) -> list[dict[str, torch.Tensor]]:
-        """``points`` projected with ``dual_subspace`` (unchanged when it is None)."""
-        if self.dual_subspace is None:
-            return points
-        return [self.dual_subspace(g, z) for z in points]
 
     def build_trained(self, shapes: dict[str, torch.Size]) -> MirrorMap:
         if self.trained is not None:
             return self.trained(shapes).double()
         return perturbed(self.make(shapes))
-
-
-def _entropic_subspace(g: MirrorMap, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The entropic simplex map's dual subspace: mean zero along its softmax axis."""
-    assert isinstance(g, maps.Entropic)
-    return g.canonical_dual(z)
 
 
 CASES: list[MapCase] = [
@@ -109,12 +88,10 @@ CASES: list[MapCase] = [
         "entropic-simplex",
         lambda s: maps.Entropic(s, domain="simplex"),
         identity_init=False,
-        dual_subspace=_entropic_subspace,
     ),
     MapCase(
         "entropic-simplex-dim0",
         lambda s: maps.Entropic(s, domain="simplex", dim=0),
         identity_init=False,
-        dual_subspace=_entropic_subspace,
     ),
 ]

@@ -154,3 +154,23 @@ def test_shape_dicts_are_small(shapes: dict[str, tuple[int, ...]]) -> None:
 def test_dual_points_rejects_a_non_positive_bound() -> None:
     with pytest.raises(ValueError, match=r"`bound` must be positive, got 0"):
         dual_points({"a": (1,)}, bound=0)
+
+
+class TurnsBack(mo.MirrorMap):
+    """g(z) = z − 3·exp(−z²)·z: monotone far out, decreasing near 0 (g′(0) = −2)."""
+
+    def to_primal(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        w = z["w"]
+        return {"w": w - 3.0 * torch.exp(-(w**2)) * w}
+
+
+def test_local_probes_catch_what_far_apart_pairs_miss() -> None:
+    g = TurnsBack(SHAPES)
+    far = _pts([5.0, 5.0], [-5.0, -5.0], [5.0, -5.0], [0.0, 0.0])
+    assert check_monotone(g, far, local_probes=0).passed  # every pair is far apart: looks fine
+    with pytest.raises(
+        PropertyError, match=r"smallest v'Jv/\|v\|\^2 over 4 points x 2 directions: -2"
+    ):
+        check_monotone(g, far)  # at z = 0 the Jacobian is −2·I
+    with pytest.raises(ValueError, match=r"`local_probes` must be ≥ 0, got -1"):
+        check_monotone(g, far, local_probes=-1)

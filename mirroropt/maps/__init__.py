@@ -14,7 +14,16 @@ from mirroropt.maps._identity import Identity
 from mirroropt.maps._kronecker import Kronecker
 from mirroropt.maps._pnorm import PNorm
 
-__all__ = ["MAPS", "BlockIAF", "Diagonal", "Entropic", "Identity", "Kronecker", "MirrorMap", "PNorm"]
+__all__ = [
+    "MAPS",
+    "BlockIAF",
+    "Diagonal",
+    "Entropic",
+    "Identity",
+    "Kronecker",
+    "MirrorMap",
+    "PNorm",
+]
 
 #: Every concrete map by its command-line name.
 MAPS: dict[str, type[MirrorMap]] = {

@@ -95,31 +95,38 @@ def _distinct_pairs(mirror_map: MirrorMap, points: Sequence[Point]) -> list[tupl
     return pairs
 
 
-@torch.no_grad()
 def check_monotone(
     mirror_map: MirrorMap,
     points: Sequence[Point],
     *,
     modulus: float | None = None,
+    local_probes: int = 2,
     rtol: float = 1e-6,
+    seed: int = 0,
     raise_on_failure: bool = True,
 ) -> Report:
     r"""Check (strong) monotonicity :math:`\langle z-z', g(z)-g(z')\rangle \ge \mu\|z-z'\|^2`.
 
-    Over every pair of ``points`` the ratio :math:`\langle\Delta z,\Delta g\rangle/\|\Delta z\|^2`
-    is measured; its minimum is the map's empirical modulus there. The check passes if that
-    minimum is ≥ ``modulus`` (default: the map's :meth:`~MirrorMap.monotonicity_modulus`, or
-    strictly > 0 when the map states none) up to ``rtol``.
+    Two measurements, both reported:
+
+    * pairwise, over every pair of ``points``: :math:`\langle\Delta z,\Delta g\rangle/\|\Delta z\|^2`
+      must be ≥ μ (or strictly > 0 when no μ is given or stated);
+    * local, at every point along ``local_probes`` random directions :math:`v`: the Rayleigh
+      quotient :math:`v^\top J(z) v/\|v\|^2` of the Jacobian (from :func:`torch.func.vjp`) must be
+      ≥ μ (or ≥ 0). Far-apart pairs can miss a region where the map turns back; the local quotient
+      sees it at any point inside that region.
 
     Args:
-        mirror_map: the map under test.
-        points: at least two dual points (dicts name → tensor fitting the map).
-        modulus: the :math:`\mu` to check; ``None`` uses the map's own bound.
+        mirror_map: the map under test (differentiable if ``local_probes > 0``).
+        points: at least two distinct dual points (dicts name → tensor fitting the map).
+        modulus: the :math:`\mu` to check; ``None`` uses :meth:`~MirrorMap.monotonicity_modulus`.
+        local_probes: random directions per point for the local quotient (0 turns it off).
         rtol: relative slack for rounding.
+        seed: seed of the probe directions.
         raise_on_failure: raise :class:`PropertyError` (default) or just return the report.
 
     Returns:
-        A :class:`Report` whose ``measured`` is the smallest ratio found.
+        A :class:`Report` whose ``measured`` is the smallest quotient found (pairwise or local).
 
     Example:
         >>> import torch
@@ -131,28 +138,57 @@ def check_monotone(
     """
     pairs = _distinct_pairs(mirror_map, points)
     bound = mirror_map.monotonicity_modulus() if modulus is None else modulus
-    worst, where = float("inf"), -1
-    for i, (a, b) in enumerate(pairs):
-        dz = _flat(mirror_map, a) - _flat(mirror_map, b)
-        dg = _flat(mirror_map, mirror_map.to_primal(a)) - _flat(mirror_map, mirror_map.to_primal(b))
-        ratio = float(dz.dot(dg)) / float(dz.dot(dz))
-        if ratio < worst:
-            worst, where = ratio, i
+    pair_worst, where = float("inf"), -1
+    with torch.no_grad():
+        for i, (a, b) in enumerate(pairs):
+            dz = _flat(mirror_map, a) - _flat(mirror_map, b)
+            dg = _flat(mirror_map, mirror_map.to_primal(a)) - _flat(
+                mirror_map, mirror_map.to_primal(b)
+            )
+            ratio = float(dz.dot(dg)) / float(dz.dot(dz))
+            if ratio < pair_worst:
+                pair_worst, where = ratio, i
+    local_worst = _local_quotient(mirror_map, points, local_probes, seed)
+    slack = rtol * max(1.0, abs(bound or 0.0))
     if bound is None:
-        passed, shown = worst > 0.0, 0.0
+        passed, shown = pair_worst > 0.0 and local_worst >= -slack, 0.0
     else:
-        passed, shown = worst >= bound - rtol * max(1.0, abs(bound)), bound
+        passed, shown = min(pair_worst, local_worst) >= bound - slack, bound
     return _finish(
         Report(
             "strongly monotone" if bound else "strictly monotone",
             type(mirror_map).__name__,
             passed,
-            worst,
+            min(pair_worst, local_worst),
             shown,
-            f"Smallest <dz, dg>/|dz|^2 over {len(pairs)} pairs, at pair {where}.",
+            f"Smallest <dz, dg>/|dz|^2 over {len(pairs)} pairs: {pair_worst:.6g} (pair {where}); "
+            f"smallest v'Jv/|v|^2 over {len(points)} points x {local_probes} directions: "
+            f"{local_worst:.6g}.",
         ),
         raise_on_failure,
     )
+
+
+def _local_quotient(
+    mirror_map: MirrorMap, points: Sequence[Point], probes: int, seed: int
+) -> float:
+    """Smallest Rayleigh quotient v'J(z)v/|v|² over points and random directions (inf if none)."""
+    if probes < 0:
+        raise ValueError(f"`local_probes` must be ≥ 0, got {probes}.")
+    gen = torch.Generator().manual_seed(seed)
+
+    def g_flat(flat: Tensor) -> Tensor:
+        return _flat(mirror_map, mirror_map.to_primal(_unflat(mirror_map, flat)))
+
+    worst = float("inf")
+    for z in points if probes else ():
+        flat = _flat(mirror_map, z).detach()
+        pullback = torch.func.vjp(g_flat, flat)[1]
+        for _ in range(probes):
+            v = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(flat.device)
+            (vt_j,) = pullback(v)
+            worst = min(worst, float(vt_j.detach().dot(v)) / float(v.dot(v)))
+    return worst
 
 
 @torch.no_grad()
@@ -216,7 +252,10 @@ def check_round_trip(
     rtol: float = 1e-6,
     raise_on_failure: bool = True,
 ) -> Report:
-    r"""Check :math:`\nabla h(g(z)) = z`, i.e. ``to_dual(to_primal(z)) == z``.
+    r"""Check :math:`\nabla h(g(z)) = z`, i.e. ``to_dual(to_primal(z)) == canonical_dual(z)``.
+
+    For maps one-to-one on the whole dual space ``canonical_dual(z)`` is ``z`` itself
+    (see :meth:`MirrorMap.canonical_dual`).
 
     ``measured`` is the largest :math:`|\nabla h(g(z)) - z| - \text{rtol}\,|z|` entry error.
 
@@ -232,7 +271,7 @@ def check_round_trip(
     worst, err = -float("inf"), 0.0
     for z in points:
         back = _flat(mirror_map, mirror_map.to_dual(mirror_map.to_primal(z)))
-        flat = _flat(mirror_map, z)
+        flat = _flat(mirror_map, mirror_map.canonical_dual(z))
         excess = (back - flat).abs() - rtol * flat.abs()
         worst = max(worst, float(excess.max()))
         err = max(err, float((back - flat).abs().max()))
