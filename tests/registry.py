@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mirroropt import maps
 from mirroropt.maps import Diagonal, Identity, MirrorMap
 
 #: Layer-like tensors: a conv kernel, its bias, a linear layer and a 0-d scalar.
@@ -59,4 +60,13 @@ CASES: list[MapCase] = [
     MapCase("identity", Identity),
     MapCase("diagonal", Diagonal),
     MapCase("diagonal-per-tensor", lambda s: Diagonal(s, per="tensor")),
+    # convex by construction for any weights: test far from identity (every weight moved by N(0, 1))
+    MapCase(
+        "elementwise_convex",
+        maps.ElementwiseConvex,
+        lambda s: perturbed(maps.ElementwiseConvex(s), 1.0),
+    ),
+    MapCase(
+        "convex_potential", maps.ConvexPotential, lambda s: perturbed(maps.ConvexPotential(s), 1.0)
+    ),
 ]
