@@ -81,7 +81,7 @@ class ElementwiseConvex(MirrorMap):
         >>> from mirroropt.maps import ElementwiseConvex
         >>> g = ElementwiseConvex({"w": torch.zeros(3)}, terms=2).double()
         >>> z = {"w": torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)}
-        >>> g.to_primal(z)["w"]  # identity at initialization
+        >>> g.to_primal(z)["w"].detach()  # identity at initialization
         tensor([-1.,  0.,  2.], dtype=torch.float64)
         >>> with torch.no_grad():
         ...     _ = g.slope["w"].copy_(torch.tensor([1.5, -2.0]))
