@@ -193,7 +193,8 @@ class ElementwiseConvex(MirrorMap):
             coefs = self._coefficients(name)
             target = phi[name]
             with torch.no_grad():
-                z = _safeguarded_newton(target.detach(), *(c.detach() for c in coefs), steps)
+                mu, a, w, b = (c.detach() for c in coefs)
+                z = _safeguarded_newton(target.detach(), mu, a, w, b, steps)
             for _ in range(2):  # differentiable polish: implicit-function derivatives
                 residual = self._derivative(z, *coefs) - target
                 z = z - residual / self._curvature(z, *coefs)
