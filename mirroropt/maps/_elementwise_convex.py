@@ -176,8 +176,10 @@ class ElementwiseConvex(MirrorMap):
         otherwise) run on detached values; then two Newton steps run with autograd on, so the
         result carries the implicit-function derivatives :math:`\partial z/\partial\phi =
         1/\psi''(z)`, :math:`\partial z/\partial\theta = -(\partial\psi'/\partial\theta)/\psi''`
-        (exact to third order). In float64 the round trip is accurate to a few ulps
-        (measured ≤ 1e-12 absolute for :math:`|z| \le 8`); in float32, to a few float32 ulps.
+        (exact to third order). Eagerly it stops early once every coordinate has converged.
+        Accuracy of ``to_dual(to_primal(z))`` for :math:`|z| \le 8` with the default 40 steps
+        (measured): float64 ≤ 3e-14 absolute for :math:`L/\mu \le 500`, ≤ 5e-12 at
+        :math:`L/\mu \approx 2\cdot10^5` (the root's own conditioning); float32 ≈ 1e-6.
 
         Args:
             phi: primal parameters, a dict name → tensor with the map's names and shapes.
