@@ -183,7 +183,8 @@ class ElementwiseConvex(MirrorMap):
 
         Args:
             phi: primal parameters, a dict name → tensor with the map's names and shapes.
-            steps: safeguarded Newton steps (fixed count: vmap-safe, no early exit).
+            steps: safeguarded Newton steps (exactly this many under ``torch.func`` transforms;
+                eagerly, fewer once all coordinates have converged).
 
         Raises:
             ValueError: if ``steps`` is not a positive int.
