@@ -13,7 +13,7 @@ from mirroropt import functional, maps
 from mirroropt._batching import map_tasks, uses_batch_statistics
 from mirroropt._optimizer import MirrorDescent
 from mirroropt.functional import Trajectory, adapt, adapt_trajectory, init, step, to_primal
-from mirroropt.maps import Diagonal, Identity, MirrorMap
+from mirroropt.maps import MirrorMap
 
 try:
     __version__ = version("mirroropt")
@@ -21,8 +21,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "Diagonal",
-    "Identity",
     "MirrorDescent",
     "MirrorMap",
     "Trajectory",

@@ -94,4 +94,13 @@ CASES: list[MapCase] = [
         lambda s: maps.Entropic(s, domain="simplex", dim=0),
         identity_init=False,
     ),
+    # convex by construction for any weights: test far from identity (every weight moved by N(0, 1))
+    MapCase(
+        "elementwise_convex",
+        maps.ElementwiseConvex,
+        lambda s: perturbed(maps.ElementwiseConvex(s), 1.0),
+    ),
+    MapCase(
+        "convex_potential", maps.ConvexPotential, lambda s: perturbed(maps.ConvexPotential(s), 1.0)
+    ),
 ]
