@@ -1,0 +1,156 @@
+"""The property-test kit catches broken maps and passes good ones."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pytest
+import torch
+from hypothesis import given
+from torch import Tensor
+
+import mirroropt as mo
+from mirroropt.maps import Diagonal, Identity
+from mirroropt.testing import (
+    PropertyError,
+    Report,
+    check_gradient_field,
+    check_lipschitz,
+    check_map,
+    check_monotone,
+    check_reduces_to_gd,
+    check_round_trip,
+)
+from mirroropt.testing.strategies import dual_points, param_dicts, shape_dicts
+from tests.registry import perturbed
+
+SHAPES = {"w": (2,)}
+
+
+class Rotation(mo.MirrorMap):
+    """g(z) = R(θ) z on R²: monotone iff cos θ > 0, a gradient field iff sin θ = 0."""
+
+    has_to_dual = True
+
+    def __init__(self, angle: float, scale: float = 1.0) -> None:
+        super().__init__(SHAPES)
+        c, s = math.cos(angle), math.sin(angle)
+        self.register_buffer("r", scale * torch.tensor([[c, -s], [s, c]], dtype=torch.float64))
+
+    def to_primal(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {"w": self.r @ z["w"]}
+
+    def to_dual(self, phi: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {"w": torch.linalg.solve(self.r, phi["w"])}
+
+    def monotonicity_modulus(self) -> float:
+        return float(self.r[0, 0])
+
+    def lipschitz_constant(self) -> float:
+        return 1.0  # wrong when scale > 1: the kit must notice
+
+
+def _pts(*rows: list[float]) -> list[dict[str, Tensor]]:
+    return [{"w": torch.tensor(r, dtype=torch.float64)} for r in rows]
+
+
+POINTS = _pts([1.0, 0.0], [0.0, 1.0], [-1.0, 2.0], [3.0, -1.0])
+
+
+def test_kit_catches_a_non_monotone_map() -> None:
+    bad = Rotation(2.0)  # 115°: ⟨z, Rz⟩ = cos θ |z|² < 0
+    with pytest.raises(
+        PropertyError,
+        match=r"\[FAIL\] Rotation: strictly monotone|\[FAIL\] Rotation: strongly monotone",
+    ) as info:
+        check_monotone(bad, POINTS, modulus=0.0)
+    assert info.value.report.measured == pytest.approx(math.cos(2.0))
+    with pytest.raises(PropertyError):
+        check_map(bad, POINTS)
+
+
+def test_kit_catches_a_wrong_lipschitz_claim_and_a_non_gradient_field() -> None:
+    rot = Rotation(0.3, scale=2.0)  # monotone, Lipschitz 2 (claims 1), not symmetric
+    assert check_monotone(rot, POINTS).measured == pytest.approx(2 * math.cos(0.3))
+    with pytest.raises(PropertyError, match=r"Lipschitz: measured 2 \(bound 1\)"):
+        check_lipschitz(rot, POINTS)
+    assert check_lipschitz(rot, POINTS, constant=2.0).passed
+    with pytest.raises(PropertyError, match=r"gradient field"):
+        check_gradient_field(rot, POINTS)
+    assert check_gradient_field(Rotation(0.0, scale=2.0), POINTS).passed
+
+
+def test_kit_catches_a_wrong_to_dual() -> None:
+    class WrongDual(Rotation):
+        def to_dual(self, phi: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {"w": phi["w"]}
+
+    with pytest.raises(PropertyError, match=r"round trip"):
+        check_round_trip(WrongDual(0.4), POINTS)
+    assert check_round_trip(Rotation(0.4), POINTS).measured < 1e-12
+
+
+def test_kit_catches_a_map_that_does_not_reduce_to_gd() -> None:
+    phi = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    loss = lambda p: (p["w"] ** 4).sum()  # noqa: E731
+    assert check_reduces_to_gd(Diagonal(SHAPES).double(), loss, phi).measured == 0.0
+    with pytest.raises(PropertyError, match=r"reduces to gradient descent"):
+        check_reduces_to_gd(perturbed(Diagonal(SHAPES)), loss, phi)
+
+
+def test_reports_are_readable_and_can_be_returned_instead_of_raised() -> None:
+    report = check_monotone(Rotation(2.0), POINTS, modulus=0.0, raise_on_failure=False)
+    assert isinstance(report, Report) and not report.passed
+    assert str(report).startswith("[FAIL] Rotation: ")
+    good = check_map(Diagonal(SHAPES).double(), POINTS)
+    assert [r.prop for r in good] == [
+        "strongly monotone",
+        "Lipschitz",
+        "round trip to_dual(to_primal(z)) == z",
+        "gradient field (symmetric Jacobian)",
+    ]
+    assert all(str(r).startswith("[PASS]") for r in good)
+
+
+def test_kit_argument_errors() -> None:
+    with pytest.raises(
+        ValueError, match=r"at least 2 distinct dual points, got 2 points and no distinct pair"
+    ):
+        check_monotone(Identity(SHAPES), POINTS[:1] * 2)
+    with pytest.raises(
+        ValueError, match=r"`constant` is required: Bare states no Lipschitz constant"
+    ):
+
+        class Bare(mo.MirrorMap):
+            def to_primal(self, z):
+                return dict(z)
+
+        check_lipschitz(Bare(SHAPES), POINTS)
+    with pytest.raises(ValueError, match=r"has no to_dual, so it has no round trip"):
+        check_round_trip(Bare(SHAPES), POINTS)
+    with pytest.raises(ValueError, match=r"`points\[1\]\['w'\]` has shape \(3,\)"):
+        check_monotone(Identity(SHAPES), [POINTS[0], {"w": torch.zeros(3)}])
+
+
+@given(dual_points({"a": (2, 3), "b": ()}, bound=2.5))
+def test_dual_points_are_bounded_and_shaped(z: dict[str, Tensor]) -> None:
+    assert z["a"].shape == (2, 3) and z["b"].shape == ()
+    assert all(t.dtype == torch.float64 and t.abs().max() <= 2.5 for t in z.values())
+
+
+@given(param_dicts(max_tensors=2))
+def test_param_dicts_fit_maps_built_from_them(phi: dict[str, Tensor]) -> None:
+    g = Diagonal(phi).double()
+    g.check_fits(phi, argument="phi")
+    assert 1 <= len(phi) <= 2
+
+
+@given(shape_dicts(max_tensors=3, max_dims=2, max_side=3))
+def test_shape_dicts_are_small(shapes: dict[str, tuple[int, ...]]) -> None:
+    assert all(len(s) <= 2 and all(1 <= d <= 3 for d in s) for s in shapes.values())
+
+
+def test_dual_points_rejects_a_non_positive_bound() -> None:
+    with pytest.raises(ValueError, match=r"`bound` must be positive, got 0"):
+        dual_points({"a": (1,)}, bound=0)
