@@ -53,7 +53,7 @@ class TrainConfig:
     map: str = "identity"
     n_way: int = 5
     k_shot: int = 1
-    q_query: int = 15
+    q_query: int = 5
     augment: bool = False
     augment_eval: bool = False
     width: int = 32
