@@ -245,8 +245,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"mirroropt train: error: --resume given but {ckpt} does not exist")
     run = train(cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress)  # type: ignore[arg-type]
     (out / "history.json").write_text(json.dumps(run.history))
-    if not args.no_progress:
-        plot_training({cfg.map: run.history}, out / "training.png")  # type: ignore[attr-defined]
+    plot_training({cfg.map: run.history}, out / "training.png")  # type: ignore[attr-defined]
     print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
     if args.eval_tasks:
         result = evaluate(
@@ -361,13 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    if not args.no_progress or args.command in ("demo",):
-        from mirroropt.workflow._optional import require_matplotlib, require_tqdm
+    from mirroropt.workflow._optional import require_matplotlib, require_tqdm
 
-        if not args.no_progress:
-            require_tqdm()
-        if args.command in ("demo", "eval", "train"):
-            require_matplotlib()
+    if not args.no_progress:
+        require_tqdm()
+    if args.command in ("demo", "eval", "train"):
+        require_matplotlib()
     handler = {
         "train": _cmd_train,
         "eval": _cmd_eval,

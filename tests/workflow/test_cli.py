@@ -137,6 +137,7 @@ def test_train_resume_eval_and_demo_write_their_files(
     history = json.loads((run / "history.json").read_text())
     assert [r["iteration"] for r in history] == [1, 2, 3]
     assert (run / "eval.md").read_text().count("|") > 4
+    assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
     assert (
         main(
             [
@@ -176,3 +177,22 @@ def test_train_resume_eval_and_demo_write_their_files(
     out = capsys.readouterr().out
     assert "MAML (identity)" in out and "learned map (diagonal)" in out and "k = 3" in out
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
+
+
+def test_missing_optional_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mirroropt.workflow._optional import require_matplotlib, require_tqdm
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
+    with pytest.raises(
+        ImportError, match=r"Progress bars need tqdm; .*pip install mirroropt\[workflow\]"
+    ):
+        require_tqdm()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(
+        ImportError, match=r"Plots need matplotlib; .*pip install mirroropt\[workflow\]"
+    ):
+        require_matplotlib()
+    with pytest.raises(ImportError, match=r"pip install mirroropt\[workflow\]"):
+        main(["eval", "--checkpoint", "x.pt"])
