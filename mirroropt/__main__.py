@@ -19,6 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mirroropt.workflow import TrainConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -205,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> object:
+def _config(args: argparse.Namespace) -> TrainConfig:
     from mirroropt.workflow import TrainConfig
 
     return TrainConfig(
@@ -243,22 +247,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ckpt = out / "checkpoint.pt"
     if args.resume and not ckpt.exists():
         raise SystemExit(f"mirroropt train: error: --resume given but {ckpt} does not exist")
-    run = train(cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress)  # type: ignore[arg-type]
+    run = train(cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress)
     (out / "history.json").write_text(json.dumps(run.history))
-    plot_training({cfg.map: run.history}, out / "training.png")  # type: ignore[attr-defined]
+    plot_training({cfg.map: run.history}, out / "training.png")
     print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
     if args.eval_tasks:
         result = evaluate(
             run.learner,
             run.benchmark,
             lr=cfg.lr,
-            steps=args.max_steps,  # type: ignore[attr-defined]
+            steps=args.max_steps,
             tasks=args.eval_tasks,
             seed=1000,
-            label=cfg.map,  # type: ignore[attr-defined]
+            label=cfg.map,
             progress=not args.no_progress,
         )
-        paths = write_report({cfg.map: result}, out, name="eval")  # type: ignore[attr-defined]
+        paths = write_report({cfg.map: result}, out, name="eval")
         print(paths["md"].read_text())
     return 0
 
@@ -316,7 +320,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ("MAML (identity)", "identity"),
         (f"learned map ({args.map})", args.map),
     ):
-        cfg = TrainConfig(map=map_name, **base)  # type: ignore[arg-type]
+        cfg = TrainConfig(map=map_name, **base)
         run = train(cfg, progress=not args.no_progress)
         results[label] = evaluate(
             run.learner,

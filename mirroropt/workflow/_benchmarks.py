@@ -94,7 +94,11 @@ def _omniglot(cfg: Any) -> Benchmark:
     from mirroropt.data import load_omniglot
 
     _need_root(cfg, "omniglot")
-    split_of = {"train": "background", "val": "evaluation", "test": "evaluation"}
+    split_of: dict[str, Literal["background", "evaluation"]] = {
+        "train": "background",
+        "val": "evaluation",
+        "test": "evaluation",
+    }
     return _episodic(
         cfg, "omniglot", lambda split: load_omniglot(cfg.data_root, split_of[split]), image_size=28
     )
@@ -105,7 +109,10 @@ def _miniimagenet(cfg: Any) -> Benchmark:
 
     _need_root(cfg, "miniimagenet")
     return _episodic(
-        cfg, "miniimagenet", lambda split: load_miniimagenet(cfg.data_root, split), image_size=84
+        cfg,
+        "miniimagenet",
+        lambda split: load_miniimagenet(cfg.data_root, split),  # type: ignore[arg-type]
+        image_size=84,
     )
 
 

@@ -102,8 +102,9 @@ def evaluate(
         def support_loss(phi: Params) -> Tensor:
             return benchmark.loss(learner.predict(phi, xs), ys)
 
+        phi0, z0 = learner.start()
         traj = adapt_trajectory(
-            mirror_map, support_loss, **learner.start(), lr=lr, steps=steps, first_order=True
+            mirror_map, support_loss, phi0, z=z0, lr=lr, steps=steps, first_order=True
         )
         metric, qloss, sloss = [], [], []
         for phi in traj.phi:

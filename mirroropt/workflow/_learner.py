@@ -155,11 +155,11 @@ class MetaLearner(nn.Module):
                 {key_of(n): nn.Parameter(p.detach().clone()) for n, p in model.named_parameters()}
             )
 
-    def start(self) -> dict[str, Params]:
-        """``{"phi": φ₀}`` or ``{"z": z₀}``: keyword arguments for :func:`mirroropt.adapt`."""
+    def start(self) -> tuple[Params | None, Params | None]:
+        """``(φ₀, None)`` or ``(None, z₀)``: the ``phi`` and ``z`` of :func:`mirroropt.adapt`."""
         if self.z0 is None:
-            return {"phi": dict(self.model.named_parameters())}
-        return {"z": {n: self.z0[key_of(n)] for n in self.names}}
+            return dict(self.model.named_parameters()), None
+        return None, {n: self.z0[key_of(n)] for n in self.names}
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The parameters meta-training updates (backbone or z₀, and the map)."""
@@ -205,7 +205,7 @@ def meta_loss(
     Returns:
         ``(objective, metric)``: scalar tensors, the first differentiable w.r.t. the learner.
     """
-    start = learner.start()
+    phi0, z0 = learner.start()
     mirror_map = learner.mirror_map
 
     def per_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,12 +214,12 @@ def meta_loss(
 
         if objective == "query":
             phi = adapt(
-                mirror_map, support_loss, **start, lr=lr, steps=steps, first_order=first_order
+                mirror_map, support_loss, phi0, z=z0, lr=lr, steps=steps, first_order=first_order
             )
             out = learner.predict(phi, xq)
             return benchmark.loss(out, yq), benchmark.metric(out, yq).detach()
         traj = adapt_trajectory(
-            mirror_map, support_loss, **start, lr=lr, steps=steps, first_order=first_order
+            mirror_map, support_loss, phi0, z=z0, lr=lr, steps=steps, first_order=first_order
         )
         bound = metamd_bound(mirror_map, traj, lr)
         out = learner.predict({n: t.detach() for n, t in traj.phi[-1].items()}, xq)

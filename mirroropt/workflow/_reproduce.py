@@ -186,6 +186,7 @@ def results_table(out_dir: str | Path) -> str:
         if not records:
             continue
         parts.append(f"### {setting.title}\n")
+        ks: tuple[int, ...]
         if setting.eval_shots:
             ks = (0, 1, 5, 10)
             head = " | ".join(f"{s}-shot k = {k}" for s in setting.eval_shots for k in ks)

@@ -176,7 +176,7 @@ def dual_norm_sq(mirror_map: MirrorMap, z: Mapping[str, Tensor], g: Mapping[str,
     names = mirror_map.names
     if mirror_map.is_linear:
         return _inner(g, mirror_map.to_primal(dict(g)), names)
-    _, vjp_fn = torch.func.vjp(mirror_map.to_primal, dict(z))
+    _, vjp_fn = torch.func.vjp(mirror_map.to_primal, dict(z))  # type: ignore[misc]
     (jt_g,) = vjp_fn(dict(g))
     return _inner(g, jt_g, names)
 
