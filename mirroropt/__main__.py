@@ -296,8 +296,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from mirroropt.workflow import TrainConfig, evaluate, train, write_report
 
     quick = args.quick
-    iterations = args.iterations or (2 if quick else 100)
-    tasks = args.eval_tasks or (10 if quick else 200)
+    iterations = args.iterations or (2 if quick else 60)
+    tasks = args.eval_tasks or (10 if quick else 100)
     base = dict(
         benchmark=args.benchmark,
         n_way=5,
