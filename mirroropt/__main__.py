@@ -5,7 +5,7 @@ Examples::
     python -m mirroropt train --benchmark fontglot --map diagonal --iterations 300 --out runs/diag
     python -m mirroropt train --out runs/diag --iterations 600 --resume   # same flags + resume
     python -m mirroropt eval --checkpoint runs/diag/checkpoint.pt --tasks 600 --max-steps 10
-    python -m mirroropt demo            # MAML vs a learned map on FontGlot, ~4 min on 2 cores
+    python -m mirroropt demo            # MAML vs a learned map on FontGlot (60 iterations each)
     python -m mirroropt reproduce --out runs/reproduce   # the table of docs/results.md
 
 Progress bars and plots need the optional extra (``pip install mirroropt[workflow]``).

@@ -52,8 +52,8 @@ class Benchmark:
         kind: ``"classification"`` (cross-entropy, metric = accuracy, higher is better) or
             ``"regression"`` (MSE, metric = MSE, lower is better).
         make_model: builds a freshly initialized backbone.
-        sample: ``sample(split, seed) -> TaskBatch`` of ``tasks`` tasks, a pure function of its
-            arguments (``split`` in ``"train"``, ``"val"``, ``"test"``).
+        sample: ``sample(split, seed, tasks) -> TaskBatch``, a pure function of its arguments
+            (``split`` in ``"train"``, ``"val"``, ``"test"``; ``seed`` from :func:`task_seed`).
     """
 
     name: str
