@@ -1,0 +1,383 @@
+"""Command line: ``python -m mirroropt train|eval|demo|reproduce`` (also the ``mirroropt`` script).
+
+Examples::
+
+    python -m mirroropt train --benchmark fontglot --map diagonal --iterations 300 --out runs/diag
+    python -m mirroropt train --out runs/diag --iterations 600 --resume   # same flags + resume
+    python -m mirroropt eval --checkpoint runs/diag/checkpoint.pt --tasks 600 --max-steps 10
+    python -m mirroropt demo            # MAML vs a learned map on FontGlot (60 iterations each)
+    python -m mirroropt reproduce --out runs/reproduce   # the table of docs/results.md
+
+Progress bars and plots need the optional extra (``pip install mirroropt[workflow]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mirroropt.workflow import TrainConfig
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
+def _map_name(text: str) -> str:
+    from mirroropt.maps import MAPS
+
+    if text not in MAPS:
+        raise argparse.ArgumentTypeError(
+            f"unknown map {text!r}; available maps: {', '.join(sorted(MAPS))}"
+        )
+    return text
+
+
+def _benchmark_name(text: str) -> str:
+    from mirroropt.workflow import BENCHMARKS
+
+    if text not in BENCHMARKS:
+        raise argparse.ArgumentTypeError(
+            f"unknown benchmark {text!r}; available: {', '.join(sorted(BENCHMARKS))}"
+        )
+    return text
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine more threads "
+        "oversubscribe and run ~10x slower)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("benchmark and backbone")
+    g.add_argument(
+        "--benchmark",
+        type=_benchmark_name,
+        default="fontglot",
+        help="fontglot, omniglot, miniimagenet, sinusoid or synthetic",
+    )
+    g.add_argument("--n-way", type=_positive_int, default=5)
+    g.add_argument(
+        "--k-shot",
+        type=_positive_int,
+        default=1,
+        help="support shots per class (sinusoid: support points)",
+    )
+    g.add_argument("--q-query", type=_positive_int, default=5, help="query samples per class")
+    g.add_argument(
+        "--augment",
+        action="store_true",
+        help="harder variant: affine jitter and stroke width on training tasks",
+    )
+    g.add_argument("--augment-eval", action="store_true", help="also augment evaluation tasks")
+    g.add_argument("--width", type=_positive_int, default=32, help="Conv4 channels")
+    g.add_argument("--norm", choices=("batch", "group"), default="batch")
+    g.add_argument("--data-root", default="", help="Omniglot / miniImageNet folder")
+    g = p.add_argument_group("inner loop and meta-training")
+    g.add_argument(
+        "--map", type=_map_name, default="identity", help="a name in mirroropt.maps.MAPS"
+    )
+    g.add_argument("--steps", type=_nonneg_int, default=5, help="inner steps K")
+    g.add_argument("--lr", type=_positive_float, default=0.01, help="inner step size α")
+    g.add_argument("--meta-batch", type=_positive_int, default=4, help="tasks per meta-iteration")
+    g.add_argument("--iterations", type=_positive_int, default=300)
+    g.add_argument(
+        "--meta-optimizer",
+        choices=("adam", "sgd"),
+        default="adam",
+        help="adam, or sgd with Nesterov momentum",
+    )
+    g.add_argument(
+        "--meta-lr",
+        type=_positive_float,
+        default=1e-3,
+        help="meta step size β (the cap with --meta-step adaptive)",
+    )
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument(
+        "--meta-step",
+        choices=("fixed", "adaptive"),
+        default="fixed",
+        help="adaptive: β from a smoothness estimate on an extra task batch (MetaMiDA Remark 3)",
+    )
+    g.add_argument("--first-order", action="store_true", help="first-order meta-gradients")
+    g.add_argument(
+        "--objective",
+        choices=("query", "metamd"),
+        default="query",
+        help="query: MAML/MetaMiDA query loss; metamd: MetaMD regret bound",
+    )
+    g.add_argument("--seed", type=_nonneg_int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m mirroropt``."""
+    parser = argparse.ArgumentParser(
+        prog="mirroropt", description="Learned mirror descent for meta-learning."
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,eval,demo,reproduce}"
+    )
+
+    p = sub.add_parser("train", help="meta-train one method")
+    _add_run(p)
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log, evaluation)")
+    p.add_argument("--checkpoint-every", type=_nonneg_int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--eval-tasks",
+        type=_nonneg_int,
+        default=0,
+        help="evaluate on this many meta-test tasks after training (0: skip)",
+    )
+    p.add_argument("--max-steps", type=_nonneg_int, default=10, help="evaluate k = 0 … this")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint at every inner step k")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--tasks", type=_positive_int, default=600)
+    p.add_argument("--max-steps", type=_nonneg_int, default=10)
+    p.add_argument("--seed", type=_nonneg_int, default=1000, help="seed of the test tasks")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument(
+        "--out", default=None, help="folder for eval.json/.md/.png (default: beside the checkpoint)"
+    )
+    p.add_argument("--label", default=None)
+    _add_common(p)
+
+    p = sub.add_parser(
+        "demo", help="MAML vs a learned mirror map on FontGlot, with a table and plot"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny budget (seconds), for tests")
+    p.add_argument("--benchmark", type=_benchmark_name, default="fontglot")
+    p.add_argument("--map", type=_map_name, default="diagonal", help="the learned map to compare")
+    p.add_argument("--iterations", type=_positive_int, default=None)
+    p.add_argument("--eval-tasks", type=_positive_int, default=None)
+    p.add_argument("--out", default="runs/demo")
+    _add_common(p)
+
+    p = sub.add_parser("reproduce", help="the table of docs/results.md (resumable)")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--iterations", type=_positive_int, default=200)
+    p.add_argument("--sinusoid-iterations", type=_positive_int, default=2000)
+    p.add_argument("--eval-tasks", type=_positive_int, default=300)
+    p.add_argument("--width", type=_positive_int, default=32)
+    p.add_argument("--norm", choices=("batch", "group"), default="group")
+    p.add_argument("--settings", nargs="*", default=None)
+    p.add_argument("--methods", nargs="*", default=None)
+    _add_common(p)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    from mirroropt.workflow import TrainConfig
+
+    return TrainConfig(
+        benchmark=args.benchmark,
+        map=args.map,
+        n_way=args.n_way,
+        k_shot=args.k_shot,
+        q_query=args.q_query,
+        augment=args.augment,
+        augment_eval=args.augment_eval,
+        width=args.width,
+        norm=args.norm,
+        data_root=args.data_root,
+        steps=args.steps,
+        lr=args.lr,
+        meta_batch=args.meta_batch,
+        iterations=args.iterations,
+        meta_optimizer=args.meta_optimizer,
+        meta_lr=args.meta_lr,
+        momentum=args.momentum,
+        meta_step=args.meta_step,
+        first_order=args.first_order,
+        objective=args.objective,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mirroropt.workflow import evaluate, train, write_report
+    from mirroropt.workflow._report import plot_training
+
+    cfg = _config(args)
+    out = Path(args.out)
+    ckpt = out / "checkpoint.pt"
+    if args.resume and not ckpt.exists():
+        raise SystemExit(f"mirroropt train: error: --resume given but {ckpt} does not exist")
+    run = train(cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress)
+    (out / "history.json").write_text(json.dumps(run.history))
+    plot_training({cfg.map: run.history}, out / "training.png")
+    print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
+    if args.eval_tasks:
+        result = evaluate(
+            run.learner,
+            run.benchmark,
+            lr=cfg.lr,
+            steps=args.max_steps,
+            tasks=args.eval_tasks,
+            seed=1000,
+            label=cfg.map,
+            progress=not args.no_progress,
+        )
+        paths = write_report({cfg.map: result}, out, name="eval")
+        print(paths["md"].read_text())
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mirroropt.workflow import evaluate, load_checkpoint, write_report
+    from mirroropt.workflow._train import restore
+
+    payload = load_checkpoint(args.checkpoint)
+    cfg, bench, learner = restore(payload)
+    label = args.label or f"{cfg.map} ({payload['iteration']} it.)"
+    result = evaluate(
+        learner,
+        bench,
+        lr=cfg.lr,
+        steps=args.max_steps,
+        tasks=args.tasks,
+        seed=args.seed,
+        split=args.split,
+        label=label,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    paths = write_report({label: result}, out, name="eval")
+    print(paths["md"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mirroropt.workflow import TrainConfig, evaluate, train, write_report
+
+    quick = args.quick
+    iterations = args.iterations or (2 if quick else 60)
+    tasks = args.eval_tasks or (10 if quick else 100)
+    base = dict(
+        benchmark=args.benchmark,
+        n_way=5,
+        k_shot=1,
+        q_query=5,
+        width=8 if quick else 32,
+        norm="group",
+        steps=2 if quick else 5,
+        lr=0.01 if not quick else 0.1,
+        meta_batch=2 if quick else 4,
+        iterations=iterations,
+        meta_lr=1e-3,
+        seed=0,
+    )
+    if args.benchmark == "sinusoid":
+        base.update(k_shot=10, q_query=10, meta_batch=25)
+    max_steps = 3 if quick else 10
+    results, t0 = {}, time.perf_counter()
+    for label, map_name in (
+        ("MAML (identity)", "identity"),
+        (f"learned map ({args.map})", args.map),
+    ):
+        cfg = TrainConfig(map=map_name, **base)
+        run = train(cfg, progress=not args.no_progress)
+        results[label] = evaluate(
+            run.learner,
+            run.benchmark,
+            lr=cfg.lr,
+            steps=max_steps,
+            tasks=tasks,
+            seed=1000,
+            label=label,
+            progress=not args.no_progress,
+        )
+    paths = write_report(results, args.out, name="demo")
+    print(paths["md"].read_text())
+    print(
+        f"demo took {time.perf_counter() - t0:.0f} s; wrote {', '.join(str(p) for p in paths.values())}"
+    )
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from mirroropt.workflow._reproduce import reproduce
+
+    path = reproduce(
+        args.out,
+        iterations=args.iterations,
+        sinusoid_iterations=args.sinusoid_iterations,
+        eval_tasks=args.eval_tasks,
+        width=args.width,
+        norm=args.norm,
+        settings=args.settings,
+        methods=args.methods,
+        progress=not args.no_progress,
+    )
+    print(path.read_text())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m mirroropt`` and the ``mirroropt`` console script."""
+    args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from mirroropt.workflow._optional import require_matplotlib, require_tqdm
+
+    if not args.no_progress:
+        require_tqdm()
+    if args.command in ("demo", "eval", "train"):
+        require_matplotlib()
+    handler = {
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "demo": _cmd_demo,
+        "reproduce": _cmd_reproduce,
+    }[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Tables (markdown, JSON) and plots (PNG) of evaluation curves and training logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from mirroropt.workflow._evaluate import EvalResult
+from mirroropt.workflow._optional import require_matplotlib
+
+__all__ = ["markdown_table", "plot_curves", "plot_training", "write_report"]
+
+
+def _fmt(mean: float, half: float, metric_name: str) -> str:
+    if metric_name == "accuracy":
+        return f"{100 * mean:.1f} ± {100 * half:.1f}"
+    return f"{mean:.3f} ± {half:.3f}"
+
+
+def markdown_table(results: Mapping[str, EvalResult], *, steps: Sequence[int] | None = None) -> str:
+    """A markdown table: one row per result, one column per inner step k (mean ± 95% CI).
+
+    Accuracies are shown in percent. ``steps`` defaults to every k of the shortest curve.
+
+    Raises:
+        ValueError: if ``results`` is empty or a requested k exceeds a curve.
+    """
+    if not results:
+        raise ValueError("`results` must hold at least one evaluation, got none.")
+    longest = min(r.steps for r in results.values())
+    ks = list(range(longest + 1)) if steps is None else list(steps)
+    bad = [k for k in ks if not 0 <= k <= longest]
+    if bad:
+        raise ValueError(f"`steps` {bad} outside the evaluated range 0 … {longest}.")
+    first = next(iter(results.values()))
+    unit = " (%)" if first.metric_name == "accuracy" else ""
+    header = "| method | " + " | ".join(f"k = {k}" for k in ks) + " |"
+    lines = [
+        f"{first.metric_name}{unit}, mean ± 95% CI over {first.tasks} test tasks",
+        "",
+        header,
+        "|" + " --- |" * (len(ks) + 1),
+    ]
+    for label, r in results.items():
+        cells = [_fmt(r.metric["mean"][k], r.metric["ci95"][k], r.metric_name) for k in ks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike[str]) -> Path:
+    """Two panels: query metric vs inner step (MetaMiDA Fig. 2) and support (training) loss vs
+    step (Fig. 1), with 95% CI bands. Returns the PNG path."""
+    plt = require_matplotlib()
+    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, r in results.items():
+        ks = list(range(r.steps + 1))
+        for ax, curve in ((ax_m, r.metric), (ax_l, r.support_loss)):
+            mean, half = curve["mean"], curve["ci95"]
+            ax.plot(ks, mean, marker="o", ms=3, label=label)
+            ax.fill_between(
+                ks,
+                [m - h for m, h in zip(mean, half)],
+                [m + h for m, h in zip(mean, half)],
+                alpha=0.2,
+            )
+    first = next(iter(results.values()))
+    ax_m.set(
+        xlabel="inner step k", ylabel=f"query {first.metric_name}", title="query metric vs steps"
+    )
+    ax_l.set(xlabel="inner step k", ylabel="support loss", title="training loss vs steps")
+    ax_l.set_yscale("log")
+    ax_m.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training(
+    histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike[str]
+) -> Path:
+    """Meta-training loss per iteration (moving average over 10), one line per run."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, rows in histories.items():
+        losses = [r["loss"] for r in rows]
+        smooth = [
+            sum(losses[max(0, i - 9) : i + 1]) / len(losses[max(0, i - 9) : i + 1])
+            for i in range(len(losses))
+        ]
+        ax.plot([r["iteration"] for r in rows], smooth, label=label)
+    ax.set(xlabel="meta-iteration", ylabel="meta-objective (moving avg.)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    results: Mapping[str, EvalResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str = "eval",
+    steps: Sequence[int] | None = None,
+    plot: bool = True,
+) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` and (``plot``) ``<name>.png`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
+    paths["json"].write_text(json.dumps({k: r.to_dict() for k, r in results.items()}, indent=1))
+    paths["md"].write_text(markdown_table(results, steps=steps))
+    if plot:
+        paths["png"] = plot_curves(results, out / f"{name}.png")
+    return paths

@@ -1,0 +1,198 @@
+"""The command line: argument validation messages, and train → resume → eval → demo end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mirroropt.__main__ import build_parser, main
+
+TINY = [
+    "--benchmark",
+    "synthetic",
+    "--n-way",
+    "3",
+    "--q-query",
+    "2",
+    "--width",
+    "4",
+    "--steps",
+    "2",
+    "--lr",
+    "0.1",
+    "--meta-batch",
+    "2",
+    "--no-progress",
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--out", "x", "--map", "nope"],
+            r"unknown map 'nope'; available maps: .*identity",
+        ),
+        (
+            ["train", "--out", "x", "--benchmark", "mnist"],
+            r"unknown benchmark 'mnist'; available: .*fontglot",
+        ),
+        (["train", "--out", "x", "--steps", "-1"], r"expected a non-negative integer, got -1"),
+        (["train", "--out", "x", "--lr", "0"], r"expected a positive finite number, got 0.0"),
+        (["train", "--out", "x", "--meta-batch", "two"], r"expected a positive integer, got 'two'"),
+        (["train", "--out", "x", "--meta-optimizer", "rmsprop"], r"invalid choice: 'rmsprop'"),
+        (["train", "--out", "x", "--objective", "maml"], r"invalid choice: 'maml'"),
+        (["train"], r"the following arguments are required: --out"),
+        (["eval"], r"the following arguments are required: --checkpoint"),
+        ([], r"the following arguments are required: \{train,eval,demo,reproduce\}"),
+    ],
+)
+def test_rejects_bad_arguments(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_parses_every_option() -> None:
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--out",
+            "r",
+            "--benchmark",
+            "sinusoid",
+            "--map",
+            "diagonal",
+            "--steps",
+            "3",
+            "--lr",
+            "0.05",
+            "--meta-batch",
+            "8",
+            "--meta-optimizer",
+            "sgd",
+            "--meta-lr",
+            "0.1",
+            "--meta-step",
+            "adaptive",
+            "--first-order",
+            "--objective",
+            "metamd",
+            "--seed",
+            "4",
+            "--augment",
+            "--norm",
+            "group",
+            "--k-shot",
+            "5",
+            "--n-way",
+            "20",
+        ]
+    )
+    assert (args.map, args.steps, args.lr, args.meta_batch, args.meta_optimizer) == (
+        "diagonal",
+        3,
+        0.05,
+        8,
+        "sgd",
+    )
+    assert args.first_order and args.augment and args.objective == "metamd" and args.seed == 4
+
+
+def test_resume_of_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"--resume given but .*checkpoint.pt does not exist"):
+        main(["train", *TINY, "--out", str(tmp_path), "--resume", "--iterations", "1"])
+
+
+def test_train_resume_eval_and_demo_write_their_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--map", "diagonal", "--iterations", "2", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--map",
+                "diagonal",
+                "--iterations",
+                "3",
+                "--out",
+                str(run),
+                "--resume",
+                "--eval-tasks",
+                "4",
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    history = json.loads((run / "history.json").read_text())
+    assert [r["iteration"] for r in history] == [1, 2, 3]
+    assert (run / "eval.md").read_text().count("|") > 4
+    assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run / "checkpoint.pt"),
+                "--tasks",
+                "6",
+                "--max-steps",
+                "3",
+                "--out",
+                str(tmp_path / "ev"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    (result,) = saved.values()
+    assert result["tasks"] == 6 and len(result["metric"]["mean"]) == 4
+    assert (tmp_path / "ev" / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "demo",
+                "--quick",
+                "--benchmark",
+                "synthetic",
+                "--out",
+                str(tmp_path / "demo"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "MAML (identity)" in out and "learned map (diagonal)" in out and "k = 3" in out
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
+
+
+def test_missing_optional_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mirroropt.workflow._optional import require_matplotlib, require_tqdm
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
+    with pytest.raises(
+        ImportError, match=r"Progress bars need tqdm; .*pip install mirroropt\[workflow\]"
+    ):
+        require_tqdm()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(
+        ImportError, match=r"Plots need matplotlib; .*pip install mirroropt\[workflow\]"
+    ):
+        require_matplotlib()
+    with pytest.raises(ImportError, match=r"pip install mirroropt\[workflow\]"):
+        main(["eval", "--checkpoint", "x.pt"])

@@ -1,0 +1,69 @@
+"""Backbones (shapes, errors) and report writers (table content, plots, errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mirroropt.models import Conv4, SinusoidMLP
+from mirroropt.workflow import EvalResult, markdown_table, plot_training, write_report
+
+
+def test_conv4_shapes_and_parameter_count() -> None:
+    net = Conv4(5, width=8)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
+    big = Conv4(5, in_channels=3, width=8, image_size=84, norm="group", groups=2)
+    assert big(torch.zeros(2, 3, 84, 84)).shape == (2, 5)
+    conv = (1 * 8 * 9 + 8) + 3 * (8 * 8 * 9 + 8) + 4 * 16  # convs + 4 norms (γ, β)
+    assert sum(p.numel() for p in net.parameters()) == conv + 8 * 5 + 5
+    assert not list(net.buffers())  # batch statistics only: nothing to mutate under vmap
+    assert SinusoidMLP()(torch.zeros(3, 1)).shape == (3, 1)
+    assert sum(p.numel() for p in SinusoidMLP().parameters()) == 40 + 40 + 1600 + 40 + 41
+
+
+def test_model_errors() -> None:
+    with pytest.raises(ValueError, match=r"`n_way` must be an int ≥ 2, got 1"):
+        Conv4(1)
+    with pytest.raises(ValueError, match=r"`width` must be a positive int, got 0"):
+        Conv4(5, width=0)
+    with pytest.raises(ValueError, match=r"`norm` must be 'batch' or 'group', got 'layer'"):
+        Conv4(5, norm="layer")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`image_size` must be 28 or 84, got 32"):
+        Conv4(5, image_size=32)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`groups` \(3\) must divide `width` \(8\)"):
+        Conv4(5, width=8, norm="group", groups=3)
+    with pytest.raises(ValueError, match=r"`hidden` must be a positive int, got -2"):
+        SinusoidMLP(-2)
+
+
+def _result(label: str, acc: list[float]) -> EvalResult:
+    curve = {"mean": acc, "ci95": [0.01] * len(acc)}
+    return EvalResult(
+        "accuracy", curve, curve, {"mean": [1.0] * len(acc), "ci95": [0.1] * len(acc)}, 600, label
+    )
+
+
+def test_markdown_table_and_files(tmp_path: Path) -> None:
+    results = {"MAML": _result("MAML", [0.2, 0.5, 0.6]), "MD": _result("MD", [0.2, 0.7, 0.8])}
+    table = markdown_table(results, steps=[0, 2])
+    assert "| method | k = 0 | k = 2 |" in table
+    assert (
+        "| MAML | 20.0 ± 1.0 | 60.0 ± 1.0 |" in table
+        and "| MD | 20.0 ± 1.0 | 80.0 ± 1.0 |" in table
+    )
+    assert "over 600 test tasks" in table
+    paths = write_report(results, tmp_path, name="r")
+    assert EvalResult.from_dict(__import__("json").loads(paths["json"].read_text())["MD"]).metric[
+        "mean"
+    ] == [0.2, 0.7, 0.8]
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    png = plot_training(
+        {"a": [{"iteration": 1, "loss": 2.0}, {"iteration": 2, "loss": 1.0}]}, tmp_path / "t.png"
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"`results` must hold at least one evaluation, got none"):
+        markdown_table({})
+    with pytest.raises(ValueError, match=r"`steps` \[5\] outside the evaluated range 0 … 2"):
+        markdown_table(results, steps=[5])
