@@ -5,7 +5,7 @@ Examples::
     python -m mirroropt train --benchmark fontglot --map diagonal --iterations 300 --out runs/diag
     python -m mirroropt train --out runs/diag --iterations 600 --resume   # same flags + resume
     python -m mirroropt eval --checkpoint runs/diag/checkpoint.pt --tasks 600 --max-steps 10
-    python -m mirroropt demo            # MAML vs a learned map on FontGlot (60 iterations each)
+    python -m mirroropt demo            # MAML vs a learned map on FontGlot (150 iterations each)
     python -m mirroropt reproduce --out runs/reproduce   # the table of docs/results.md
 
 Progress bars and plots need the optional extra (``pip install mirroropt[workflow]``).
@@ -296,8 +296,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from mirroropt.workflow import TrainConfig, evaluate, train, write_report
 
     quick = args.quick
-    iterations = args.iterations or (2 if quick else 60)
-    tasks = args.eval_tasks or (10 if quick else 100)
+    iterations = args.iterations or (2 if quick else 150)
+    tasks = args.eval_tasks or (10 if quick else 200)
     base = dict(
         benchmark=args.benchmark,
         n_way=5,

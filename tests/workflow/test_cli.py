@@ -196,3 +196,16 @@ def test_missing_optional_extra_names_the_install_command(monkeypatch: pytest.Mo
         require_matplotlib()
     with pytest.raises(ImportError, match=r"pip install mirroropt\[workflow\]"):
         main(["eval", "--checkpoint", "x.pt"])
+
+
+def test_demo_runs_on_the_shipped_fontglot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    """The README's demo command, on its default (shipped, offline) data, at a tiny budget."""
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "MAML (identity)" in out and "learned map (diagonal)" in out
+    saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert set(saved) == {"MAML (identity)", "learned map (diagonal)"}
+    for result in saved.values():
+        accuracy = result["metric"]["mean"]
+        assert len(accuracy) == 4 and all(0.0 <= a <= 1.0 for a in accuracy)
+    assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
