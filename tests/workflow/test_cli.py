@@ -198,7 +198,7 @@ def test_missing_optional_extra_names_the_install_command(monkeypatch: pytest.Mo
         main(["eval", "--checkpoint", "x.pt"])
 
 
-def test_demo_runs_on_the_shipped_fontglot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_demo_runs_on_the_shipped_fontglot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's demo command, on its default (shipped, offline) data, at a tiny budget."""
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     out = capsys.readouterr().out
