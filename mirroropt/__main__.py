@@ -17,9 +17,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mirroropt.workflow import TrainConfig
@@ -27,34 +27,26 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(cast: type, what: str, ok: Callable[[float], bool], bad: str) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)``, refused with "expected {what}" unless ``ok(value)``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {bad}, got {value}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
-    return value
+_positive_int = _number(int, "a positive integer", lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number(int, "a non-negative integer", lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number(
+    float, "a positive number", lambda v: 0 < v < float("inf"), "a positive finite number"
+)
 
 
 def _map_name(text: str) -> str:

@@ -80,14 +80,9 @@ class Benchmark:
 
 
 def _fontglot(cfg: Any) -> Benchmark:
-    try:
-        from mirroropt.data import load_fontglot  # type: ignore[attr-defined]
-    except ImportError as err:
-        raise ImportError(
-            "The fontglot benchmark needs mirroropt.data.load_fontglot (the data layer), which "
-            "this installation does not have."
-        ) from err
-    return _episodic(cfg, "fontglot", lambda split: load_fontglot(split), image_size=28)
+    from mirroropt.data import load_fontglot
+
+    return _episodic(cfg, "fontglot", load_fontglot, image_size=28)
 
 
 def _omniglot(cfg: Any) -> Benchmark:
@@ -122,7 +117,7 @@ def _need_root(cfg: Any, name: str) -> None:
 
 
 def _episodic(
-    cfg: Any, name: str, load: Callable[[str], Any], *, image_size: Literal[28, 84]
+    cfg: Any, name: str, load: Callable[[Any], Any], *, image_size: Literal[28, 84]
 ) -> Benchmark:
     from mirroropt.data import Augmentation, sample_episodes
 

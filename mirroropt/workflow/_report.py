@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mirroropt.workflow._evaluate import EvalResult
 from mirroropt.workflow._optional import require_matplotlib
@@ -72,12 +73,7 @@ def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike[str])
     ax_l.set(xlabel="inner step k", ylabel="support loss", title="training loss vs steps")
     ax_l.set_yscale("log")
     ax_m.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_training(
@@ -95,6 +91,10 @@ def plot_training(
         ax.plot([r["iteration"] for r in rows], smooth, label=label)
     ax.set(xlabel="meta-iteration", ylabel="meta-objective (moving avg.)")
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
