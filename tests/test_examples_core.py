@@ -23,3 +23,15 @@ def test_sinusoid_demo_meta_training_lowers_post_adaptation_error() -> None:
     assert untrained["identity"] == untrained["diagonal"]  # identical at the identity init
     assert trained["identity"] < untrained["identity"]
     assert trained["diagonal"] < untrained["diagonal"]
+
+
+def test_map_costs_lists_every_map_and_the_learned_maps_are_lean() -> None:
+    from mirroropt.maps import MAPS
+
+    costs = _load("map_costs").main(width=64, size=28, channels=1, repeats=1)
+    assert set(costs) == set(MAPS)
+    assert costs["identity"]["params"] == 0 and costs["identity"]["step_ratio"] == 1.0
+    assert costs["diagonal"]["ratio"] == 1.0  # one scale per coordinate
+    for name in ("kronecker", "block_iaf", "convex_potential", "elementwise_convex"):
+        assert 0 < costs[name]["ratio"] < 1.0, name  # the authors' blockIAF: about 28×
+    assert all(c["to_primal_ms"] >= 0 and c["step_ratio"] > 0 for c in costs.values())
