@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 __all__ = ["read_image"]
 
@@ -19,6 +18,13 @@ def read_image(path: Path, *, size: int, mode: str) -> np.ndarray:
     Raises:
         ValueError: if the file cannot be read as an image.
     """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as error:
+        raise ImportError(
+            "Reading Omniglot/miniImageNet image folders needs Pillow: "
+            "pip install 'mirroropt[images]'."
+        ) from error
     try:
         with Image.open(path) as im:
             im.load()

@@ -310,6 +310,17 @@ def _progress(iterable, total: int, desc: str, quiet: bool):
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr)
 
 
+def _require_build_dependencies() -> None:
+    try:
+        import fontTools  # noqa: F401
+        import PIL  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"Building FontGlot needs fontTools and Pillow ({error.name} is missing): "
+            "pip install 'mirroropt[build-data]'."
+        ) from error
+
+
 def build_fontglot(
     fonts: str | Path,
     out: str | Path,
@@ -340,6 +351,7 @@ def build_fontglot(
         ...                quiet=True)["counts"]  # doctest: +SKIP
         {'classes': ..., 'samples': ..., 'scripts': ..., 'fonts': ...}
     """
+    _require_build_dependencies()
     fonts, out = Path(fonts), Path(out)
     if not fonts.is_dir():
         raise ValueError(f"`fonts` must be a folder of fonts, got {str(fonts)!r}.")

@@ -153,3 +153,29 @@ def test_dep5_per_file_last_match_wins() -> None:
     assert dep5.licence_of(base + "BPGGlaho.ttf") == "GPL-2"
     assert dep5.licence_of(base + "Loma-Bold.ttf") == "GPL-2+ with Font exception"  # .sfd stem
     assert parse_dep5("This package is GPL.\n") is None
+
+
+def test_missing_build_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mirroropt.data.fontglot_build import build_fontglot
+
+    monkeypatch.setitem(sys.modules, "fontTools", None)
+    with pytest.raises(
+        ImportError,
+        match=r"needs fontTools and Pillow \(fontTools is missing\): pip install 'mirroropt\[build-data\]'",
+    ):
+        build_fontglot("/nonexistent", "/tmp/x.npz")
+
+
+def test_reading_image_folders_without_pillow_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    import sys
+    from pathlib import Path
+
+    from mirroropt.data._images import read_image
+
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"needs Pillow: pip install 'mirroropt\[images\]'"):
+        read_image(Path(tmp_path) / "a.png", size=28, mode="L")
