@@ -15,7 +15,15 @@ from mirroropt.workflow._evaluate import evaluate
 from mirroropt.workflow._learner import TrainConfig
 from mirroropt.workflow._train import train
 
-__all__ = ["METHODS", "SETTINGS", "Method", "Setting", "reproduce", "results_table"]
+__all__ = [
+    "METHODS",
+    "SETTINGS",
+    "Method",
+    "Setting",
+    "reproduce",
+    "results_plots",
+    "results_table",
+]
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,28 @@ def reproduce(
             path.write_text(json.dumps(record))
     table = results_table(out)
     (out / "results.md").write_text(table)
+    results_plots(out)
     return out / "results.md"
+
+
+def results_plots(out_dir: str | Path) -> list[Path]:
+    """One PNG per setting under ``out_dir``: accuracy (or MSE) and support loss vs inner step,
+    every finished method, 95% CI bands (sinusoid: the 10-shot evaluation)."""
+    from mirroropt.workflow._evaluate import EvalResult
+    from mirroropt.workflow._report import plot_curves
+
+    out, paths = Path(out_dir), []
+    for setting in SETTINGS:
+        results = {}
+        for m in METHODS:
+            p = out / setting.key / f"{m.map}-{m.objective}.json"
+            rec = json.loads(p.read_text()) if p.exists() else {}
+            if rec.get("status") == "ok":
+                shots = str(rec["config"]["k_shot"])
+                results[m.label] = EvalResult.from_dict(rec["eval"][shots])
+        if results:
+            paths.append(plot_curves(results, out / f"{setting.key}.png"))
+    return paths
 
 
 def _cell(result: dict[str, Any], k: int) -> str:
