@@ -29,7 +29,7 @@ def sample_tasks(gen: torch.Generator, tasks: int = 8, shots: int = 10) -> tuple
 def main(steps: int = 300, inner_steps: int = 5, inner_lr: float = 0.01, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
-    mirror_map = mirroropt.Diagonal(net)  # the learned mirror map: MAML's GD -> mirror descent
+    mirror_map = mirroropt.maps.Diagonal(net)  # the learned mirror map: MAML's GD -> mirror descent
     inner_opt = mirroropt.MirrorDescent(net.named_parameters(), mirror_map, lr=inner_lr)
     meta_opt = torch.optim.Adam([*net.parameters(), *mirror_map.parameters()], lr=3e-3)
 
