@@ -65,13 +65,11 @@ def mirror_step(
     model: nn.Module, g_map: mo.MirrorMap, tasks: tuple[Tensor, ...], lr: float, steps: int
 ) -> Tensor:
     params = dict(model.named_parameters())
-    # maps without to_dual start from a dual point (as MetaMiDA's learned z0); entropic needs
-    # positive parameters, so it starts at z = 0 (φ = 1): same FLOPs, another point.
+    # maps without to_dual start from a (learned) dual point, as MetaMiDA's z0; so does entropic,
+    # whose primal domain (positive parameters) the model's initialization is not in.
     start: dict[str, dict[str, Tensor]] = {}
-    if not g_map.has_to_dual:
+    if not g_map.has_to_dual or isinstance(g_map, mo.maps.Entropic):
         start = {"z": params}
-    elif isinstance(g_map, mo.maps.Entropic):
-        start = {"z": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def inner(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
         support = lambda p: tnf.cross_entropy(functional_call(model, p, (x_s,)), y_s)  # noqa: E731

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny budget (seconds), for tests")
     p.add_argument("--benchmark", type=_benchmark_name, default="fontglot")
-    p.add_argument("--map", type=_map_name, default="diagonal", help="the learned map to compare")
+    p.add_argument("--map", type=_map_name, default="kronecker", help="the learned map to compare")
     p.add_argument("--iterations", type=_positive_int, default=None)
     p.add_argument("--eval-tasks", type=_positive_int, default=None)
     p.add_argument("--out", default="runs/demo")
