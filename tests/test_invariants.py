@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mirroropt.testing import (
     PropertyError,
+    check_differentiable,
     check_gradient_field,
     check_lipschitz,
     check_map,
@@ -116,3 +117,29 @@ def test_classical_maps_do_not_reduce_to_gradient_descent(case: MapCase) -> None
     report = check_reduces_to_gd(g, loss, phi, lr=0.05, steps=3, atol=1e-6, raise_on_failure=False)
     assert not report.passed
     assert report.measured > 1e-3
+
+
+TINY = {"w": torch.Size((2, 3)), "b": torch.Size((2,))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_every_map_is_differentiable_through_the_inner_loop(case: MapCase) -> None:
+    """gradcheck of φ_K through 2 unrolled steps w.r.t. the map's parameters, the start and lr."""
+    g = case.build_trained(TINY)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    start = {n: 0.5 * torch.randn(s, generator=gen, dtype=torch.float64) for n, s in TINY.items()}
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ((torch.tanh(x @ p["w"].T + p["b"]) - y) ** 2).mean()
+
+    # maps with a closed-form to_dual and no domain restriction start from φ (through to_dual),
+    # the others (no to_dual; classical maps with a restricted primal domain) from z
+    primal = g.has_to_dual and case.identity_init
+    report = (
+        check_differentiable(g, loss, start, lr=0.2)
+        if primal
+        else check_differentiable(g, loss, z=start, lr=0.2)
+    )
+    assert report.passed

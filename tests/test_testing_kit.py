@@ -15,6 +15,7 @@ from mirroropt.maps import Diagonal, Identity
 from mirroropt.testing import (
     PropertyError,
     Report,
+    check_differentiable,
     check_gradient_field,
     check_lipschitz,
     check_map,
@@ -174,3 +175,31 @@ def test_local_probes_catch_what_far_apart_pairs_miss() -> None:
         check_monotone(g, far)  # at z = 0 the Jacobian is −2·I
     with pytest.raises(ValueError, match=r"`local_probes` must be ≥ 0, got -1"):
         check_monotone(g, far, local_probes=-1)
+
+
+class DetachedScale(mo.MirrorMap):
+    """g(z) = s ⊙ z with the scale detached: the meta-gradient w.r.t. s is silently zero."""
+
+    def __init__(self) -> None:
+        super().__init__(SHAPES)
+        self.s = torch.nn.Parameter(torch.full((2,), 1.5, dtype=torch.float64))
+
+    def to_primal(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {"w": self.s.detach() * z["w"]}
+
+
+def test_kit_catches_a_map_whose_meta_gradient_is_wrong() -> None:
+    loss = lambda p: (p["w"] ** 4).sum()  # noqa: E731
+    z = {"w": torch.tensor([0.5, -1.0], dtype=torch.float64)}
+    with pytest.raises(
+        PropertyError,
+        match=r"differentiable \(gradcheck through the inner loop\).*Jacobian mismatch",
+    ):
+        check_differentiable(DetachedScale(), loss, z=z)
+    assert check_differentiable(Diagonal(SHAPES).double(), loss, z=z, steps=3).passed
+    with pytest.raises(
+        ValueError, match=r"needs float64 \(finite differences\): call mirror_map.double\(\)"
+    ):
+        check_differentiable(Diagonal(SHAPES), loss, {"w": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"Give exactly one of `phi` and `z`"):
+        check_differentiable(Diagonal(SHAPES).double(), loss, z, z=z)

@@ -2,7 +2,8 @@
 
 Checks return a readable :class:`Report` and raise :class:`PropertyError` on failure:
 :func:`check_monotone`, :func:`check_lipschitz`, :func:`check_round_trip`,
-:func:`check_gradient_field`, :func:`check_reduces_to_gd`, and :func:`check_map`, which runs all
+:func:`check_gradient_field`, :func:`check_reduces_to_gd`, :func:`check_differentiable`
+(gradcheck through unrolled inner steps), and :func:`check_map`, which runs all
 that a map's capability flags say apply. hypothesis strategies live in
 :mod:`mirroropt.testing.strategies` (needs ``mirroropt[test]``).
 """
@@ -10,6 +11,7 @@ that a map's capability flags say apply. hypothesis strategies live in
 from mirroropt.testing._checks import (
     PropertyError,
     Report,
+    check_differentiable,
     check_gradient_field,
     check_lipschitz,
     check_map,
@@ -21,6 +23,7 @@ from mirroropt.testing._checks import (
 __all__ = [
     "PropertyError",
     "Report",
+    "check_differentiable",
     "check_gradient_field",
     "check_lipschitz",
     "check_map",
