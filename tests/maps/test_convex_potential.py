@@ -16,21 +16,10 @@ from mirroropt.maps import MAPS, ConvexPotential
 from mirroropt.maps._convex_potential import GEMM_MIN_ROWS
 from mirroropt.testing import check_gradient_field, check_lipschitz, check_monotone
 from mirroropt.testing.strategies import dual_points
+from tests.maps._helpers import MapCall, tiny_problem
 from tests.registry import SHAPES, perturbed
 
 Params = dict[str, torch.Tensor]
-
-
-class _Call(torch.nn.Module):
-    """Runs ``fn(map, *args)``, so ``torch.func.functional_call`` can swap the map's weights."""
-
-    def __init__(self, mirror_map: torch.nn.Module, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.map = mirror_map
-        self.fn = fn
-
-    def forward(self, *args: Any) -> Any:
-        return self.fn(self.map, *args)
 
 
 def _trained(shapes: Any = SHAPES, scale: float = 1.0, seed: int = 1, hidden: int = 4) -> Any:
@@ -175,20 +164,9 @@ def test_identity_at_initialization_equals_gradient_descent() -> None:
     assert _max_err(mirror, plain) < 1e-12
 
 
-def _tiny_problem(seed: int = 0) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    z0 = {
-        "w": 0.5 * torch.randn(3, 2, generator=gen, dtype=torch.float64),
-        "b": 0.5 * torch.randn(3, generator=gen, dtype=torch.float64),
-    }
-    x = torch.randn(6, 2, generator=gen, dtype=torch.float64)
-    y = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    return z0, x, y
-
-
 def test_gradcheck_through_two_adapt_steps_from_z() -> None:
     """float64 gradcheck of φ_K w.r.t. every map parameter, the dual initialization z_0 and lr."""
-    z0, x, y = _tiny_problem()
+    z0, x, y = tiny_problem()
     g = perturbed(ConvexPotential(z0, hidden=2), scale=0.8, seed=5)
     names = [n for n, _ in g.named_parameters()]
 
@@ -198,7 +176,7 @@ def test_gradcheck_through_two_adapt_steps_from_z() -> None:
     def run(*leaves: torch.Tensor) -> torch.Tensor:
         k = len(names)
         map_params, w0, b0, lr = leaves[:k], leaves[k], leaves[k + 1], leaves[k + 2]
-        shell = _Call(g, lambda m, z: mirroropt.adapt(m, loss_fn, z=z, lr=lr, steps=2))
+        shell = MapCall(g, lambda m, z: mirroropt.adapt(m, loss_fn, z=z, lr=lr, steps=2))
         weights = {f"map.{n}": t for n, t in zip(names, map_params)}
         out = torch.func.functional_call(shell, weights, ({"w": w0, "b": b0},))
         return torch.cat([out["w"].reshape(-1), out["b"]])
@@ -211,7 +189,7 @@ def test_gradcheck_through_two_adapt_steps_from_z() -> None:
 
 def test_vmap_over_tasks_equals_loop_with_meta_gradients() -> None:
     """torch.func.grad inside the map, nested in vmap over tasks and in an outer backward."""
-    z0, _, _ = _tiny_problem(1)
+    z0, _, _ = tiny_problem(1)
     g = perturbed(ConvexPotential(z0, hidden=3), scale=0.8, seed=7)
     theta = {n: torch.nn.Parameter(t.clone()) for n, t in z0.items()}
     gen = torch.Generator().manual_seed(2)
@@ -283,13 +261,13 @@ def test_errors() -> None:
 
 def test_functorch_meta_gradient_equals_autograd() -> None:
     """torch.func.grad over map weights and the dual initialization equals autograd."""
-    start, x, y = _tiny_problem(3)
+    start, x, y = tiny_problem(3)
     g = perturbed(ConvexPotential(start), scale=0.8, seed=3)
 
     def loss_fn(p: Params) -> torch.Tensor:
         return ((torch.tanh(x @ p["w"].T + p["b"]) - y) ** 2).mean()
 
-    shell = _Call(g, lambda m, z: mirroropt.adapt(m, loss_fn, z=z, lr=0.3, steps=2))
+    shell = MapCall(g, lambda m, z: mirroropt.adapt(m, loss_fn, z=z, lr=0.3, steps=2))
 
     def meta(weights: Params, z: Params) -> torch.Tensor:
         return loss_fn(torch.func.functional_call(shell, weights, (z,)))

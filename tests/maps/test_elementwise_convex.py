@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
@@ -16,21 +14,10 @@ import mirroropt
 from mirroropt.maps import MAPS, ElementwiseConvex
 from mirroropt.testing import check_lipschitz, check_monotone
 from mirroropt.testing.strategies import dual_points
+from tests.maps._helpers import MapCall, tiny_problem
 from tests.registry import SHAPES, perturbed
 
 Params = dict[str, torch.Tensor]
-
-
-class _Call(torch.nn.Module):
-    """Runs ``fn(map, *args)``, so ``torch.func.functional_call`` can swap the map's weights."""
-
-    def __init__(self, mirror_map: torch.nn.Module, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.map = mirror_map
-        self.fn = fn
-
-    def forward(self, *args: Any) -> Any:
-        return self.fn(self.map, *args)
 
 
 def _trained(scale: float = 1.0, seed: int = 1, terms: int = 4) -> ElementwiseConvex:
@@ -181,7 +168,7 @@ def test_to_dual_is_differentiable_by_the_implicit_function_theorem() -> None:
 
     x = phi["fc.bias"].clone().requires_grad_(True)
     slope = g.slope["fc-bias"].detach().clone().requires_grad_(True)
-    shell = _Call(g, lambda m, p: m.to_dual(p))
+    shell = MapCall(g, lambda m, p: m.to_dual(p))
 
     def to_dual_fc(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
         out = torch.func.functional_call(
@@ -193,20 +180,9 @@ def test_to_dual_is_differentiable_by_the_implicit_function_theorem() -> None:
     assert torch.autograd.gradgradcheck(to_dual_fc, (x, slope))
 
 
-def _tiny_problem(seed: int = 0) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    phi = {
-        "w": 0.5 * torch.randn(3, 2, generator=gen, dtype=torch.float64),
-        "b": 0.5 * torch.randn(3, generator=gen, dtype=torch.float64),
-    }
-    x = torch.randn(6, 2, generator=gen, dtype=torch.float64)
-    y = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    return phi, x, y
-
-
 def test_gradcheck_through_three_adapt_steps() -> None:
     """float64 gradcheck of φ_K w.r.t. every map parameter, the initialization φ_0 and lr."""
-    phi, x, y = _tiny_problem()
+    phi, x, y = tiny_problem()
     g = perturbed(ElementwiseConvex(phi, terms=2), scale=0.8, seed=5)
     names = [n for n, _ in g.named_parameters()]
 
@@ -216,7 +192,7 @@ def test_gradcheck_through_three_adapt_steps() -> None:
     def run(*leaves: torch.Tensor) -> torch.Tensor:
         k = len(names)
         map_params, w0, b0, lr = leaves[:k], leaves[k], leaves[k + 1], leaves[k + 2]
-        shell = _Call(g, lambda m, p: mirroropt.adapt(m, loss_fn, p, lr=lr, steps=3))
+        shell = MapCall(g, lambda m, p: mirroropt.adapt(m, loss_fn, p, lr=lr, steps=3))
         weights = {f"map.{n}": t for n, t in zip(names, map_params)}
         out = torch.func.functional_call(shell, weights, ({"w": w0, "b": b0},))
         return torch.cat([out["w"].reshape(-1), out["b"]])
@@ -228,7 +204,7 @@ def test_gradcheck_through_three_adapt_steps() -> None:
 
 
 def test_mirror_descent_optimizer_matches_functional_adapt() -> None:
-    phi, x, y = _tiny_problem(1)
+    phi, x, y = tiny_problem(1)
     g = perturbed(ElementwiseConvex(phi, terms=2), scale=0.8, seed=6)
 
     def loss_fn(p: Params) -> torch.Tensor:
@@ -269,13 +245,13 @@ def test_softplus_potential_matches_reference() -> None:
 
 def test_functorch_meta_gradient_equals_autograd() -> None:
     """torch.func.grad over map weights and the primal initialization (through to_dual) equals autograd."""
-    start, x, y = _tiny_problem(3)
+    start, x, y = tiny_problem(3)
     g = perturbed(ElementwiseConvex(start), scale=0.8, seed=3)
 
     def loss_fn(p: Params) -> torch.Tensor:
         return ((torch.tanh(x @ p["w"].T + p["b"]) - y) ** 2).mean()
 
-    shell = _Call(g, lambda m, z: mirroropt.adapt(m, loss_fn, z, lr=0.3, steps=3))
+    shell = MapCall(g, lambda m, z: mirroropt.adapt(m, loss_fn, z, lr=0.3, steps=3))
 
     def meta(weights: Params, z: Params) -> torch.Tensor:
         return loss_fn(torch.func.functional_call(shell, weights, (z,)))
