@@ -1,8 +1,9 @@
 """The structure of an Omniglot MAML script: Conv4 with BatchNorm, N-way K-shot episodes.
 
-Episodes come from :class:`mirroropt.data.EpisodeSampler`; by default over a synthetic stand-in
-for Omniglot (each class a random 28×28 prototype, each image the prototype plus noise), or over
-the real set with ``--omniglot ROOT`` (:func:`mirroropt.data.load_omniglot`). ``--map identity``
+Episodes come from :class:`mirroropt.data.EpisodeSampler`; by default over FontGlot, the
+Omniglot-like letter set shipped in the package (meta-train scripts for training, the held-out
+meta-test scripts for the evaluation episodes), or over the real Omniglot with ``--omniglot ROOT``
+(:func:`mirroropt.data.load_omniglot`: background for training, evaluation for testing). ``--map identity``
 is MAML, ``--map diagonal`` learned mirror descent. BatchNorm normalizes with batch statistics,
 so ``mirroropt.map_tasks(..., model=net)`` runs a per-task loop instead of ``vmap`` (whose
 second-order gradients through such layers are wrong on torch 2.13).
@@ -20,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mirroropt
-from mirroropt.data import EpisodeSampler, FewShotDataset, load_omniglot
+from mirroropt.data import EpisodeSampler, load_fontglot, load_omniglot
 from mirroropt.integrations import make_loss_fn
 
 
@@ -34,22 +35,6 @@ def conv4(ways: int, hidden: int = 64) -> nn.Sequential:
 
     layers = block(1) + block(hidden) + block(hidden) + block(hidden)
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden, ways))
-
-
-def synthetic_characters(classes: int = 40, per_class: int = 20, seed: int = 0) -> FewShotDataset:
-    """An Omniglot stand-in: class prototypes of random ink, samples = prototype + noise."""
-    gen = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(classes, 1, 1, 28, 28, generator=gen)
-    noise = 0.5 * torch.randn(classes, per_class, 1, 28, 28, generator=gen)
-    images = (255 * (prototypes + noise).clamp(0, 1)).round().to(torch.uint8)
-    names = tuple(f"class{c}" for c in range(classes))
-    return FewShotDataset(
-        images.reshape(-1, 1, 28, 28),
-        torch.arange(classes).repeat_interleave(per_class),
-        names,
-        ("synthetic",) * classes,
-        name="synthetic-characters",
-    )
 
 
 def main(
@@ -66,12 +51,16 @@ def main(
     omniglot: str | None = None,
 ) -> dict:
     torch.manual_seed(seed)
-    data = synthetic_characters() if omniglot is None else load_omniglot(omniglot, "background")
+    if omniglot is None:
+        train_data, test_data = load_fontglot("train"), load_fontglot("test")
+    else:
+        train_data = load_omniglot(omniglot, "background")
+        test_data = load_omniglot(omniglot, "evaluation")
     sampler = EpisodeSampler(
-        data, n_way=ways, k_shot=shots, q_query=queries, batch_size=tasks, seed=seed
+        train_data, n_way=ways, k_shot=shots, q_query=queries, batch_size=tasks, seed=seed
     )
     eval_batch = EpisodeSampler(
-        data, n_way=ways, k_shot=shots, q_query=queries, batch_size=tasks, seed=1234
+        test_data, n_way=ways, k_shot=shots, q_query=queries, batch_size=tasks, seed=1234
     ).sample()
     net = conv4(ways, hidden)
     mirror_map = mirroropt.maps.MAPS[map_name](net)
@@ -110,6 +99,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--map", default="diagonal", choices=sorted(mirroropt.maps.MAPS))
-    parser.add_argument("--omniglot", default=None, help="Omniglot root (default: synthetic)")
+    parser.add_argument("--omniglot", default=None, help="Omniglot root (default: FontGlot)")
     args = parser.parse_args()
     main(steps=args.steps, map_name=args.map, omniglot=args.omniglot)
