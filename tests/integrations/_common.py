@@ -11,6 +11,7 @@ from torch import Tensor, nn
 import mirroropt
 from mirroropt.maps import Diagonal, Identity, MirrorMap
 from tests.integrations._maps import CoupledShift
+from tests.registry import perturbed
 
 LR = 0.3
 STEPS = 3
@@ -32,12 +33,8 @@ def make_tasks(n: int = 3, seed: int = 1) -> tuple[Tensor, Tensor, Tensor, Tenso
 
 
 def perturb(map_: MirrorMap, seed: int = 2, scale: float = 0.3) -> MirrorMap:
-    gen = torch.Generator().manual_seed(seed)
-    map_ = map_.double()
-    with torch.no_grad():
-        for p in map_.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return map_
+    """The registry's seeded perturbation, with this file's defaults."""
+    return perturbed(map_, scale=scale, seed=seed)
 
 
 #: name → builder of a (perturbed, float64) map for a model.

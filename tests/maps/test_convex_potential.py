@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 import mirroropt
 from mirroropt.maps import MAPS, ConvexPotential
 from mirroropt.maps._convex_potential import GEMM_MIN_ROWS
-from mirroropt.testing import check_gradient_field, check_lipschitz, check_monotone
+from mirroropt.testing import (
+    check_differentiable,
+    check_gradient_field,
+    check_lipschitz,
+    check_monotone,
+)
 from mirroropt.testing.strategies import dual_points
 from tests.maps._helpers import MapCall, tiny_problem
 from tests.registry import SHAPES, perturbed
@@ -168,23 +173,11 @@ def test_gradcheck_through_two_adapt_steps_from_z() -> None:
     """float64 gradcheck of φ_K w.r.t. every map parameter, the dual initialization z_0 and lr."""
     z0, x, y = tiny_problem()
     g = perturbed(ConvexPotential(z0, hidden=2), scale=0.8, seed=5)
-    names = [n for n, _ in g.named_parameters()]
 
     def loss_fn(p: Params) -> torch.Tensor:
         return ((torch.tanh(x @ p["w"].T + p["b"]) - y) ** 2).mean()
 
-    def run(*leaves: torch.Tensor) -> torch.Tensor:
-        k = len(names)
-        map_params, w0, b0, lr = leaves[:k], leaves[k], leaves[k + 1], leaves[k + 2]
-        shell = MapCall(g, lambda m, z: mirroropt.adapt(m, loss_fn, z=z, lr=lr, steps=2))
-        weights = {f"map.{n}": t for n, t in zip(names, map_params)}
-        out = torch.func.functional_call(shell, weights, ({"w": w0, "b": b0},))
-        return torch.cat([out["w"].reshape(-1), out["b"]])
-
-    leaves = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
-    leaves += [z0["w"].clone().requires_grad_(True), z0["b"].clone().requires_grad_(True)]
-    leaves.append(torch.tensor(0.4, dtype=torch.float64, requires_grad=True))
-    assert torch.autograd.gradcheck(run, tuple(leaves))
+    assert check_differentiable(g, loss_fn, z=z0, lr=0.4, steps=2).passed
 
 
 def test_vmap_over_tasks_equals_loop_with_meta_gradients() -> None:
