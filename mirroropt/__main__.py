@@ -234,15 +234,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     _add_common(p)
 
-    p = sub.add_parser("reproduce", help="the table of docs/results.md (resumable)")
-    p.add_argument("--out", default="runs/reproduce")
-    p.add_argument("--iterations", type=_positive_int, default=200)
-    p.add_argument("--sinusoid-iterations", type=_positive_int, default=2000)
-    p.add_argument("--eval-tasks", type=_positive_int, default=300)
-    p.add_argument("--width", type=_positive_int, default=32)
-    p.add_argument("--norm", choices=("batch", "group"), default="group")
-    p.add_argument("--settings", nargs="*", default=None)
-    p.add_argument("--methods", nargs="*", default=None)
+    p = sub.add_parser(
+        "reproduce",
+        help="the evidence of docs/results.md: every method, several seeds (resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from mirroropt.workflow._reproduce import METHODS, SETTINGS, Protocol
+
+    d = Protocol()
+    p.add_argument("--out", default="runs/evidence", help="runs folder (shared by workers)")
+    p.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=d.iterations,
+        help="meta-iterations per FontGlot run (may grow on a folder)",
+    )
+    p.add_argument("--sinusoid-iterations", type=_positive_int, default=d.sinusoid_iterations)
+    p.add_argument("--seeds", type=_nonneg_int, nargs="+", default=list(d.seeds))
+    p.add_argument(
+        "--grid",
+        type=_positive_float,
+        nargs="+",
+        default=list(d.grid),
+        help="map meta step sizes tried on the first seed (chosen on meta-validation)",
+    )
+    p.add_argument("--val-every", type=_positive_int, default=d.val_every)
+    p.add_argument("--val-tasks", type=_positive_int, default=d.val_tasks)
+    p.add_argument("--eval-tasks", type=_positive_int, default=d.eval_tasks)
+    p.add_argument("--width", type=_positive_int, default=d.width)
+    p.add_argument("--norm", choices=("batch", "group"), default=d.norm)
+    p.add_argument(
+        "--fontglot",
+        default="",
+        metavar="PATH",
+        help="a FontGlot-format .npz instead of the shipped one",
+    )
+    p.add_argument(
+        "--settings",
+        nargs="*",
+        default=None,
+        help=f"any of {', '.join(s.key for s in SETTINGS)} (default: all)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help=f"any of {', '.join(m.key for m in METHODS)} (default: all)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="parallel worker processes, one torch thread each",
+    )
+    p.add_argument(
+        "--publish",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/results.md and DIR/img/*.png (e.g. docs)",
+    )
     _add_common(p)
     return parser
 
@@ -387,18 +437,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mirroropt.workflow._reproduce import reproduce
+    from mirroropt.workflow._reproduce import Protocol, reproduce
 
-    path = reproduce(
-        args.out,
+    protocol = Protocol(
         iterations=args.iterations,
         sinusoid_iterations=args.sinusoid_iterations,
+        seeds=tuple(args.seeds),
+        grid=tuple(args.grid),
+        val_every=args.val_every,
+        val_tasks=args.val_tasks,
         eval_tasks=args.eval_tasks,
         width=args.width,
         norm=args.norm,
+        fontglot=args.fontglot,
+    )
+    command = "python -m mirroropt " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    path = reproduce(
+        args.out,
+        protocol,
         settings=args.settings,
         methods=args.methods,
+        workers=args.workers,
         progress=not args.no_progress,
+        publish=args.publish,
+        command=command,
     )
     print(path.read_text())
     return 0
@@ -407,6 +469,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m mirroropt`` and the ``mirroropt`` console script."""
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     import torch
 
     torch.set_num_threads(args.threads)
