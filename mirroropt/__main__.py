@@ -71,6 +71,20 @@ def _map_kwarg(text: str) -> tuple[str, Any]:
         ) from None
 
 
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    return text
+
+
 def _benchmark_name(text: str) -> str:
     from mirroropt.workflow import BENCHMARKS
 
@@ -90,6 +104,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "oversubscribe and run ~10x slower)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        type=_device,
+        default="cpu",
+        help="cpu or cuda[:N]: where training and evaluation run (tasks are the same)",
+    )
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -341,7 +361,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ckpt = out / "checkpoint.pt"
     if args.resume and not ckpt.exists():
         raise SystemExit(f"mirroropt train: error: --resume given but {ckpt} does not exist")
-    run = train(cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress)
+    run = train(
+        cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress, device=args.device
+    )
     (out / "history.json").write_text(json.dumps(run.history))
     plot_training({cfg.map: run.history}, out / "training.png")
     print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
@@ -368,7 +390,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mirroropt.workflow._train import restore
 
     payload = load_checkpoint(args.checkpoint)
-    cfg, bench, learner = restore(payload)
+    cfg, bench, learner = restore(payload, device=args.device)
     label = args.label or f"{cfg.map} ({payload['iteration']} it.)"
     result = evaluate(
         learner,
@@ -461,6 +483,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         publish=args.publish,
         command=command,
+        device=args.device,
     )
     print(path.read_text())
     return 0

@@ -155,7 +155,8 @@ class TrainResult:
             return self.learner
         learner = build_learner(self.config, self.benchmark)
         learner.load_state_dict(self.best_state)
-        return learner
+        device = next(iter(self.learner.parameters())).device
+        return learner.to(device)
 
 
 def save_checkpoint(
@@ -202,7 +203,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"`checkpoint` {str(path)!r} does not exist.")
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(path, weights_only=True, map_location="cpu")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"`checkpoint` {str(path)!r} is not a mirroropt checkpoint of format "
@@ -211,12 +212,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
-def restore(payload: dict[str, Any]) -> tuple[TrainConfig, Benchmark, MetaLearner]:
-    """Rebuild config, benchmark and learner (with trained weights) from a checkpoint payload."""
+def restore(
+    payload: dict[str, Any], *, device: str | torch.device | None = None
+) -> tuple[TrainConfig, Benchmark, MetaLearner]:
+    """Rebuild config, benchmark and learner (with trained weights) from a checkpoint payload
+    (on ``device``; default the CPU)."""
     cfg = TrainConfig.from_dict(payload["config"])
-    bench = build_benchmark(cfg)
+    bench = build_benchmark(cfg, device=device)
     learner = build_learner(cfg, bench)
     learner.load_state_dict(payload["learner"])
+    if device is not None:
+        learner.to(device)
     return cfg, bench, learner
 
 
@@ -228,6 +234,7 @@ def train(
     progress: bool = False,
     benchmark: Benchmark | None = None,
     log_every: int = 10,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Meta-train ``cfg.iterations`` iterations (or the rest of them, with ``resume``).
 
@@ -245,6 +252,8 @@ def train(
         progress: show a tqdm progress bar with the running loss and metric.
         benchmark: a prebuilt benchmark (default: ``build_benchmark(cfg)``).
         log_every: progress-bar refresh interval (iterations).
+        device: where the learner and the task batches live (``"cuda"`` on a GPU; default the
+            CPU). Tasks and seeds are the same on every device; checkpoints are portable.
 
     Returns:
         A :class:`TrainResult`.
@@ -255,8 +264,10 @@ def train(
     """
     if resume and checkpoint is None:
         raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
-    bench = benchmark if benchmark is not None else build_benchmark(cfg)
+    bench = benchmark if benchmark is not None else build_benchmark(cfg, device=device)
     learner = build_learner(cfg, bench)
+    if device is not None:
+        learner.to(device)
     if cfg.init_from and not resume:
         _, _, source = restore(load_checkpoint(cfg.init_from))
         learner.set_initialization(source.initialization())
