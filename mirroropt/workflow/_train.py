@@ -287,7 +287,8 @@ def train(
     if resume:
         assert checkpoint is not None
         payload = load_checkpoint(checkpoint)
-        saved = dict(payload["config"])
+        # fields added after the checkpoint was written take their defaults (older runs resume)
+        saved = TrainConfig.from_dict(dict(payload["config"])).to_dict()
         mine = cfg.to_dict()
         for key in ("iterations", "checkpoint_every"):
             saved.pop(key)

@@ -236,3 +236,13 @@ def test_anchored_start_begins_at_the_backbone_and_trains_it() -> None:
     assert max(moved) > 1e-3
     with pytest.raises(ValueError, match=r"`start` must be one of \('learned', 'anchored'\)"):
         TrainConfig(**SYNTH, start="zero")  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(tmp_path: Path) -> None:
+    cfg = TrainConfig(**SYNTH, map="diagonal", iterations=1)
+    train(cfg, checkpoint=tmp_path / "old.pt")
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["config"]["start"]  # as written by a version without the field
+    torch.save(payload, tmp_path / "old.pt")
+    run = train(dataclasses.replace(cfg, iterations=2), checkpoint=tmp_path / "old.pt", resume=True)
+    assert [r["iteration"] for r in run.history] == [1, 2]
