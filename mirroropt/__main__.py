@@ -308,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel worker processes, one torch thread each",
     )
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the report from what OUT holds",
+    )
+    p.add_argument(
         "--publish",
         default=None,
         metavar="DIR",
@@ -459,7 +464,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mirroropt.workflow._reproduce import Protocol, reproduce
+    from mirroropt.workflow._reproduce import Protocol, reproduce, results_report
+
+    if args.report_only:
+        if not (Path(args.out) / "protocol.json").is_file():
+            raise SystemExit(f"mirroropt reproduce: error: {args.out} holds no protocol.json")
+        print(results_report(args.out, publish=args.publish).read_text())
+        return 0
 
     protocol = Protocol(
         iterations=args.iterations,

@@ -673,7 +673,14 @@ def _header(out: Path, protocol: Protocol, command: str) -> str:
         f"({len(calls)} invocation(s)).",
         "",
         "Cells: mean over seeds ± Student-t 95% CI across seeds (accuracy in %). Δ: paired "
-        "difference to MAML on the same seeds, with the paired t-test's p-value.",
+        "difference to MAML on the same seeds, with the paired t-test's p-value. A method whose "
+        "seeds are not all finished shows the seeds it has (the CI needs two). "
+        "`results.json` beside the runs holds every per-seed curve with its test-task CI.",
+        "",
+        "Reading these numbers: FontGlot's meta-test split is Ethiopic-heavy and easier than "
+        "Omniglot's (docs/data.md); budgets here are CPU budgets, far below the papers' 60k "
+        "iterations (`benchmarks/evidence_gpu.sh` runs that budget on a GPU); with three seeds "
+        "the t quantile is 4.30, so only large, consistent differences reach p < 0.05.",
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -789,7 +796,12 @@ def _status(runs: _Runs, setting: Setting, method: Method) -> str:
         rec = runs.record(job)
         if rec is not None and str(rec.get("status", "")).startswith("failed"):
             return f"failed ({rec['status'].splitlines()[0][8:100]})"
-    return "not run"
+    total = len(jobs) + len(runs.protocol.seeds) - 1
+    done = sum(runs.done(j) for j in jobs)
+    for seed in runs.protocol.seeds[1:]:
+        job = runs.final_job(setting, method, seed)
+        done += job is not None and runs.done(job)
+    return "not run" if done == 0 else f"{done} of {total} runs done"
 
 
 def _plot_setting(
