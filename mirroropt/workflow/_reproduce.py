@@ -646,12 +646,10 @@ def _tuples(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _header(out: Path, protocol: Protocol, command: str) -> str:
-    calls = (
-        json.loads((out / "invocations.json").read_text())
-        if (out / "invocations.json").is_file()
-        else []
-    )
+    log = out / "invocations.json"
+    calls = json.loads(log.read_text()) if log.is_file() else []
     wall = sum(c["seconds"] for c in calls)
+    command = command or next((c["command"] for c in reversed(calls) if c["command"]), "")
     lines = [
         "# Results",
         "",
