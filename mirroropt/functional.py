@@ -248,11 +248,11 @@ def _run(
     g = mirror_map.prepared()  # hoists z-independent work (scales, factors) out of the K steps
     if phi is not None:
         z_k = init(mirror_map, phi)
-        phi_k = dict(phi)  # g(∇h(φ)) = φ exactly: skip the round trip (and its rounding)
+        phi_k = _alias(phi, steps)  # g(∇h(φ)) = φ exactly: skip the round trip (and its rounding)
     else:
         assert z is not None
         mirror_map.check_fits(z, argument="z")
-        z_k = dict(z)
+        z_k = _alias(z, steps)
         phi_k = g(z_k)
     names = mirror_map.names
     _check_lr(lr, names)
@@ -274,6 +274,18 @@ def _run(
     if not record:
         return Trajectory([phi_k], [z_k], [], [])
     return out
+
+
+def _alias(params: Mapping[str, Tensor], steps: int) -> Params:
+    """``dict(params)``; under a torch-function mode, views, so the mode sees the inputs.
+
+    :func:`mirroropt.map_tasks` with ``params`` substitutes meta-parameters whenever a torch
+    function receives them; a view lets it substitute them before ``torch.func.grad`` wraps them
+    (same values, no copy).
+    """
+    if steps and torch._C._is_torch_function_mode_enabled():
+        return {n: t.view_as(t) for n, t in params.items()}
+    return dict(params)
 
 
 def _step(
