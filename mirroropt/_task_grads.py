@@ -84,7 +84,12 @@ class _Substitute(TorchFunctionMode):
         self.table = {id(o): s for o, s in zip(originals, stand_ins)}
 
     def _swap(self, a: Any) -> Any:
-        return self.table.get(id(a), a) if isinstance(a, Tensor) else a
+        # torch functions take tensors, or flat lists/tuples of them (cat, stack, _foreach_*)
+        if isinstance(a, Tensor):
+            return self.table.get(id(a), a)
+        if isinstance(a, (list, tuple)) and any(id(t) in self.table for t in a):
+            return type(a)(self.table.get(id(t), t) for t in a)
+        return a
 
     def __torch_function__(
         self,
@@ -100,9 +105,9 @@ class _Substitute(TorchFunctionMode):
                 "value computed from it instead (mirroropt.adapt does), or drop `params` to use "
                 "the exact per-task loop."
             )
-        args = tuple(tree_map(self._swap, list(args)))
+        args = tuple(self._swap(a) for a in args)
         if kwargs:
-            kwargs = tree_map(self._swap, kwargs)
+            kwargs = {k: self._swap(v) for k, v in kwargs.items()}
         return func(*args, **(kwargs or {}))
 
 

@@ -35,11 +35,6 @@ def _softplus(x: Tensor) -> Tensor:
     return F.softplus(x, threshold=SOFTPLUS_THRESHOLD)
 
 
-def _softplus_derivative(x: Tensor) -> Tensor:
-    """d/dx of :func:`_softplus`: the sigmoid below the threshold, exactly 1 above (as autograd)."""
-    return torch.where(x > SOFTPLUS_THRESHOLD, torch.ones_like(x), torch.sigmoid(x))
-
-
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` (the same numbers either way, up to summation order)."""
     if x.shape[:-1].numel() >= GEMM_MIN_ROWS:
@@ -205,43 +200,31 @@ class ConvexPotential(MirrorMap):
         return self.prepared()(z)
 
     def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
-        """:meth:`to_primal` with the constrained weights (``exp``, ``softplus``) computed once."""
-        weights = {name: self._weights(name) for name in self.shapes}
+        r""":meth:`to_primal` with the z-independent work done once: constrained weights, grouped.
+
+        Tensors of equal shape (e.g. every bias and norm scale of a Conv4) share one batched
+        evaluation of their ICNN gradients: their weights are stacked here, once per inner loop.
+        """
+        groups: dict[torch.Size, list[str]] = {}
+        for name, shape in self.shapes.items():
+            groups.setdefault(shape, []).append(name)
+        stacked = []
+        for shape, names in groups.items():
+            per_tensor = [self._weights(n) for n in names]
+            weights = tuple(torch.stack(list(w)) for w in zip(*per_tensor))
+            rows = shape[0] if len(shape) > 0 else 1
+            stacked.append((names, shape, rows, weights))
 
         def to_primal(z: Mapping[str, Tensor]) -> Params:
-            return {name: self._tensor_gradient(name, z[name], weights[name]) for name in weights}
+            out: Params = {}
+            for names, shape, rows, weights in stacked:
+                zs = torch.stack([z[n].reshape(rows, -1) for n in names])
+                grads = _icnn_gradient(zs, weights)
+                for n, g in zip(names, grads.unbind(0)):
+                    out[n] = g.reshape(shape)
+            return {n: out[n] for n in self.shapes}
 
         return to_primal
-
-    def _tensor_gradient(self, name: str, z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
-        r"""Closed-form :math:`\nabla h^*_t(z)` (backpropagation through the ICNN, written out).
-
-        With :math:`a_0 = B_0x + c_0`, :math:`a_1 = Wu + B_1x + c_1` and
-        :math:`s = \operatorname{softplus}'`,
-        :math:`\partial F/\partial x = B_1^\top t_1 + B_0^\top\big((W^\top t_1)\odot s(a_0)\big)`
-        with :math:`t_1 = v \odot s(a_1)`; the three features of :math:`x_i = P_i z` pull
-        back to :math:`z` as :math:`d^{(0)}_i`, the row mean of :math:`d^{(1)}` and the tensor
-        mean of :math:`d^{(2)}`. Equal to ``torch.func.grad`` of :meth:`potential` (tested in
-        float64), differentiable to any order, and without a nested transform per step.
-        """
-        mu, in0, bias0, mix, in1, bias1, out = weights
-        shape = self.shapes[name]
-        rows = z.reshape(shape[0] if len(shape) > 0 else 1, -1)
-        x = torch.stack(
-            [
-                rows,
-                rows.mean(dim=1, keepdim=True).expand_as(rows),
-                rows.mean().expand_as(rows),
-            ],
-            dim=-1,
-        )
-        a0 = _linear(x, in0, bias0)
-        a1 = _linear(_softplus(a0), mix) + _linear(x, in1, bias1)
-        t1 = out * _softplus_derivative(a1)
-        t0 = _linear(t1, mix.T) * _softplus_derivative(a0)
-        d = _linear(t1, in1.T) + _linear(t0, in0.T)
-        grad = mu * rows + d[..., 0] + d[..., 1].mean(dim=1, keepdim=True) + d[..., 2].mean()
-        return grad.reshape(shape)
 
     # ---------------------------------------------------------------------------------------------
     # dual initialization
@@ -365,6 +348,49 @@ class ConvexPotential(MirrorMap):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden={self.hidden}"
+
+
+def _icnn_gradient(z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+    r"""Closed-form :math:`\nabla h^*_t` for T tensors of one shape at once (the ICNN backward).
+
+    ``z`` is ``[T, rows, cols]``; ``weights`` are the stacked ``(μ, B0, c0, W, B1, c1, v)``.
+    With :math:`a_0 = B_0x + c_0`, :math:`a_1 = Wu + B_1x + c_1`, :math:`t_1 = v\odot\sigma(a_1)`
+    and :math:`t_0 = (W^\top t_1)\odot\sigma(a_0)` (:math:`\sigma = \operatorname{softplus}'`,
+    which is exactly 1 in floating point above the threshold, like softplus's own backward),
+    :math:`\partial F/\partial x_i = d_i = B_1^\top t_{1,i} + B_0^\top t_{0,i}`, and the three
+    features of :math:`x_i = P_i z` pull back to
+    :math:`\nabla h^*_t(z)_i = \mu z_i + d^{(0)}_i + \overline{d^{(1)}}_{r(i)} + \overline{d^{(2)}}`.
+    The row and tensor means enter affinely, so their terms are computed once per row (not per
+    coordinate). Equal to ``torch.func.grad`` of :meth:`ConvexPotential.potential` (tested in
+    float64) and differentiable to any order, without a nested transform per step.
+    """
+    mu, in0, bias0, mix, in1, bias1, out = weights
+    t, rows, cols = z.shape
+    h = mix.shape[-1]
+
+    def col(w: Tensor, k: int) -> Tensor:  # feature k of the input weights, as [T, 1, 1, H]
+        return w[..., k].reshape(t, 1, 1, h)
+
+    row_mean = z.mean(dim=2, keepdim=True).unsqueeze(-1)  # [T, rows, 1, 1]
+    mean = z.mean(dim=(1, 2), keepdim=True).unsqueeze(-1)  # [T, 1, 1, 1]
+    c0 = bias0.reshape(t, 1, 1, h)
+    c1 = bias1.reshape(t, 1, 1, h)
+    zc = z.unsqueeze(-1)  # [T, rows, cols, 1]
+    a0 = torch.addcmul(row_mean * col(in0, 1) + mean * col(in0, 2) + c0, zc, col(in0, 0))
+    u = _softplus(a0).reshape(t, rows * cols, h)
+    a1 = torch.addcmul(row_mean * col(in1, 1) + mean * col(in1, 2) + c1, zc, col(in1, 0))
+    a1 = a1 + torch.bmm(u, mix.mT).reshape(t, rows, cols, h)
+    t1 = torch.sigmoid(a1) * out.reshape(t, 1, 1, h)
+    t0 = torch.bmm(t1.reshape(t, rows * cols, h), mix).reshape(t, rows, cols, h)
+    t0 = t0 * torch.sigmoid(a0)
+    n = rows * cols
+    d0 = torch.bmm(t1.reshape(t, n, h), in1[..., :1]) + torch.bmm(t0.reshape(t, n, h), in0[..., :1])
+    d0 = d0.reshape(t, rows, cols)
+    r1, r0 = t1.sum(dim=2, keepdim=True), t0.sum(dim=2, keepdim=True)  # [T, rows, 1, H]
+    d1 = (r1 * col(in1, 1) + r0 * col(in0, 1)).sum(-1) / cols  # [T, rows, 1]
+    d2 = (r1.sum(dim=1, keepdim=True) * col(in1, 2) + r0.sum(dim=1, keepdim=True) * col(in0, 2))
+    d2 = d2.sum(-1) / n  # [T, 1, 1]
+    return mu.reshape(t, 1, 1) * z + d0 + d1 + d2
 
 
 def _conjugate_gradient(matvec: Any, rhs: Tensor, steps: int) -> Tensor:
