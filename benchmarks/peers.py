@@ -2,8 +2,9 @@
 
 One process, interleaved rounds: every round runs each method once, in the same order, and each
 method's time is divided by the hand-written ``torch.func`` vmap GD baseline's time *in the same
-round*; the table reports the median of those per-round ratios (robust to a machine loaded by
-other jobs) and the median time. A meta-iteration is: adapt on the support set of every task for
+round*; the table reports the median of those per-round ratios and the median time. On CPU the
+clock is the process's CPU time (run with one thread), which other jobs on a loaded machine
+barely move; on CUDA it is wall time between synchronizations. A meta-iteration is: adapt on the support set of every task for
 K second-order steps, query loss, ``backward()`` into the meta-parameters' ``.grad``.
 
 Methods:
@@ -207,7 +208,9 @@ def via_mirrormaml(
 # driver
 
 
-def build(args: argparse.Namespace, norm: str, device: torch.device) -> dict[str, tuple[Step, list]]:
+def build(
+    args: argparse.Namespace, norm: str, device: torch.device
+) -> dict[str, tuple[Step, list]]:
     torch.manual_seed(0)
     model = Conv4(
         args.ways, in_channels=args.channels, width=args.width, norm=norm, image_size=args.size
@@ -257,6 +260,9 @@ def build(args: argparse.Namespace, norm: str, device: torch.device) -> dict[str
 def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    # CPU: process CPU time (one thread), which other jobs on a loaded machine barely move;
+    # CUDA: wall time between synchronizations.
+    clock = time.perf_counter if cuda else time.process_time
     methods = build(args, norm, device)
     names = list(methods)
 
@@ -268,11 +274,11 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        start = time.perf_counter()
+        start = clock()
         step()
         if cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         peak = float(torch.cuda.max_memory_allocated() - base) if cuda else None
         return seconds, peak
 
@@ -288,8 +294,23 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         for name in names:
             times[name].append(row[name])
             ratios[name].append(row[name] / row["torch.func vmap"])
+
+    def own_ratio(name: str) -> float | None:
+        """Integrations against their own GD: higher SGD, or MirrorMAML with the identity map."""
+        ref = (
+            "higher SGD"
+            if name.startswith("via higher")
+            else "via MirrorMAML identity"
+            if name.startswith("via MirrorMAML")
+            else None
+        )
+        if ref is None or ref not in times:
+            return None
+        return statistics.median(a / b for a, b in zip(times[name], times[ref]))
+
     return {
         name: {
+            "vs_own_gd": own_ratio(name),
             "ms": 1e3 * statistics.median(times[name]),
             "ratio": statistics.median(ratios[name]),
             "ratio_min": min(ratios[name]),
@@ -305,15 +326,17 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
     lines = [
         f"Conv4-{args.width}, {args.size}×{args.size}×{args.channels}, {args.ways}-way "
         f"{args.shots}-shot, {args.queries} queries, meta-batch {args.tasks}, K = {args.steps}, "
-        f"{args.device}, {args.rounds} interleaved rounds; ratio = median per-round time / "
-        f"hand-written torch.func vmap GD.",
+        f"{args.device}, {args.rounds} interleaved rounds; ratio = median over rounds of the "
+        f"method's time / hand-written torch.func vmap GD's time in the same round; ms = median "
+        f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration.",
         "",
-        "| method | " + " | ".join(f"{n}: ratio [min–max] | {n}: ms" for n in norms) + (
-            " | " + " | ".join(f"{n}: peak MB" for n in norms) if args.device != "cpu" else ""
-        ) + " |",
+        "| method | "
+        + " | ".join(f"{n}: ratio [min–max] | {n}: ms" for n in norms)
+        + (" | " + " | ".join(f"{n}: peak MB" for n in norms) if args.device != "cpu" else "")
+        + " |",
         "|---" * (1 + 2 * len(norms) + (len(norms) if args.device != "cpu" else 0)) + "|",
     ]
-    all_names = list(dict.fromkeys(n for r in results.values() for n in r))
+    all_names = sorted(dict.fromkeys(n for r in results.values() for n in r), key=_order)
     for name in all_names:
         cells = []
         for norm in norms:
@@ -328,7 +351,28 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
                 r = results[norm].get(name)
                 cells.append(f"{r['peak_mb']:.0f}" if r and r["peak_mb"] is not None else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    own = [n for n in all_names if any(results[m].get(n, {}).get("vs_own_gd") for m in norms)]
+    if own:
+        lines += [
+            "",
+            "Integrations against their own gradient descent (median per-round time ratio to "
+            "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`):",
+            "",
+            "| method | " + " | ".join(f"{n}: vs own GD" for n in norms) + " |",
+            "|---" * (1 + len(norms)) + "|",
+        ]
+        for name in own:
+            cells = []
+            for norm in norms:
+                r = results[norm].get(name, {}).get("vs_own_gd")
+                cells.append("—" if r is None else f"{r:.2f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _order(name: str) -> tuple[int, str]:
+    groups = ("torch.func", "higher SGD", "TorchOpt", "mirroropt", "via higher", "via MirrorMAML")
+    return next(i for i, g in enumerate(groups) if name.startswith(g)), name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,9 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--norms", nargs="+", choices=["batch", "group"], default=["group", "batch"])
+    parser.add_argument(
+        "--norms", nargs="+", choices=["batch", "group"], default=["group", "batch"]
+    )
     parser.add_argument("--maps", nargs="*", default=sorted(mo.maps.MAPS))
-    parser.add_argument("--integration-maps", nargs="*", default=["identity", "diagonal", "kronecker"])
+    parser.add_argument(
+        "--integration-maps", nargs="*", default=["identity", "diagonal", "kronecker"]
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     start = time.perf_counter()

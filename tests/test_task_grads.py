@@ -80,8 +80,11 @@ def test_backward_fills_grad_like_the_loop_and_chunking_does_not_matter() -> Non
     meta = [*model.parameters(), *g_map.parameters()]
 
     results = []
-    for kwargs in ({"strategy": "loop"}, {"params": [model, g_map]}, {"params": [model, g_map],
-                                                                       "chunk_size": 3}):
+    for kwargs in (
+        {"strategy": "loop"},
+        {"params": [model, g_map]},
+        {"params": [model, g_map], "chunk_size": 3},
+    ):
         for p in meta:
             p.grad = None
         mo.map_tasks(task, *data, model=model, **kwargs).mean().backward()  # type: ignore[arg-type]
@@ -143,7 +146,9 @@ def test_a_tensor_requiring_grad_missing_from_params_is_refused() -> None:
     params = dict(model.named_parameters())
     g_map = perturbed(Diagonal(model), scale=0.1)
     task = _task_fn(model, g_map, params, {}, torch.tensor(0.1, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"depends on a tensor that requires grad but is not named"):
+    with pytest.raises(
+        ValueError, match=r"depends on a tensor that requires grad but is not named"
+    ):
         mo.map_tasks(task, *image_tasks(TASKS, SHOTS), model=model, params=model)
 
 

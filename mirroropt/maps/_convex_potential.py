@@ -388,7 +388,7 @@ def _icnn_gradient(z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
     d0 = d0.reshape(t, rows, cols)
     r1, r0 = t1.sum(dim=2, keepdim=True), t0.sum(dim=2, keepdim=True)  # [T, rows, 1, H]
     d1 = (r1 * col(in1, 1) + r0 * col(in0, 1)).sum(-1) / cols  # [T, rows, 1]
-    d2 = (r1.sum(dim=1, keepdim=True) * col(in1, 2) + r0.sum(dim=1, keepdim=True) * col(in0, 2))
+    d2 = r1.sum(dim=1, keepdim=True) * col(in1, 2) + r0.sum(dim=1, keepdim=True) * col(in0, 2)
     d2 = d2.sum(-1) / n  # [T, 1, 1]
     return mu.reshape(t, 1, 1) * z + d0 + d1 + d2
 
