@@ -106,6 +106,19 @@ def map_tasks(
     offending = uses_batch_statistics(model) if model is not None else []
     meta = collect_params(params) if params is not None else None
     if meta is not None and offending and strategy != "loop":
+        assert model is not None
+        tracking = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
+        ]
+        if tracking:
+            raise ValueError(
+                f"`model` has BatchNorm layers {tracking} that update running statistics in "
+                f"training mode; the vmapped path (`params`) cannot mutate buffers per task. Build "
+                f"them with track_running_stats=False (as mirroropt.models.Conv4 does), or drop "
+                f"`params` to use the per-task loop."
+            )
         return vmapped_meta_gradients(fn, tasks, meta, chunk_size=chunk_size)
     if strategy == "vmap" and offending:
         raise ValueError(

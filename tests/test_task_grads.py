@@ -179,3 +179,37 @@ def test_argument_errors() -> None:
         mo.map_tasks(lambda *t: t[0].sum(0)[0, 0, :3, None], *data, model=model, params=model)
     with pytest.raises(ValueError, match=r"must return a scalar loss tensor or a pair.*got list"):
         mo.map_tasks(lambda *t: [t[0].sum()], *data, model=model, params=model)
+
+
+def test_batchnorm_that_tracks_running_statistics_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten()).double()
+    params = dict(model.named_parameters())
+
+    def task(x: Tensor) -> Tensor:
+        return functional_call(model, params, (x,)).sum()
+
+    x = torch.randn(2, 3, 1, 5, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"BatchNorm layers \['1'\] that update running stat"):
+        mo.map_tasks(task, x, model=model, params=model)
+
+
+def test_first_order_meta_gradients_match_the_loop() -> None:
+    model = conv4(norm="batch")
+    params = dict(model.named_parameters())
+    g_map = perturbed(Diagonal(model), scale=0.1)
+    data = image_tasks(TASKS, SHOTS)
+
+    def task(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
+        loss = lambda p: tnf.cross_entropy(functional_call(model, p, (x_s,)), y_s)  # noqa: E731
+        phi = mo.adapt(g_map, loss, params, lr=0.1, steps=STEPS, first_order=True)
+        return tnf.cross_entropy(functional_call(model, phi, (x_q,)), y_q)
+
+    leaves = [*params.values(), *g_map.parameters()]
+    expected = _grads(mo.map_tasks(task, *data, model=model, strategy="loop").mean(), leaves)
+    got = _grads(
+        mo.map_tasks(task, *data, model=model, params=[model, g_map], chunk_size=1).mean(), leaves
+    )
+    second_order = _task_fn(model, g_map, params, {}, torch.tensor(0.1, dtype=torch.float64))
+    second = _grads(mo.map_tasks(second_order, *data, model=model, strategy="loop").mean(), leaves)
+    assert float((got - expected).norm() / expected.norm()) < 1e-9
+    assert float((second - expected).norm() / expected.norm()) > 1e-6  # first order differs
