@@ -284,6 +284,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
 
     for name in names:  # warm-up (and a check that every method runs)
         once(name)
+    print(f"[{norm}] warmed up {len(names)} methods", file=sys.stderr, flush=True)
     times: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float | None] = {}
@@ -294,6 +295,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         for name in names:
             times[name].append(row[name])
             ratios[name].append(row[name] / row["torch.func vmap"])
+        print(f"[{norm}] round {len(times[names[0]])}/{args.rounds}", file=sys.stderr, flush=True)
 
     def own_ratio(name: str) -> float | None:
         """Integrations against their own GD: higher SGD, or MirrorMAML with the identity map."""
