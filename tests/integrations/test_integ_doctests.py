@@ -12,7 +12,7 @@ import pytest
     "module",
     [
         "mirroropt.integrations._torchfunc",
-        "mirroropt.integrations._learner",
+        "mirroropt.integrations._l2l_style",
         "mirroropt.integrations.higher",
     ],
 )
