@@ -173,7 +173,9 @@ def mirror_step(
     """
     F._check_map(mirror_map)
     z_dict = _as_dict(mirror_map, z, "z")
-    z_new = F.step(mirror_map, z_dict, _as_dict(mirror_map, grads, "grads"), as_tensor_lr(lr, z_dict))
+    z_new = F.step(
+        mirror_map, z_dict, _as_dict(mirror_map, grads, "grads"), as_tensor_lr(lr, z_dict)
+    )
     names = mirror_map.names
     return _like(z, z_new, names), _like(z, mirror_map.to_primal(z_new), names)
 

@@ -14,6 +14,7 @@ import pytest
         "mirroropt.integrations._torchfunc",
         "mirroropt.integrations._l2l_style",
         "mirroropt.integrations.higher",
+        "mirroropt.integrations.torchopt",
     ],
 )
 def test_docstring_examples(module: str) -> None:
