@@ -153,7 +153,7 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
             prefix, _, attr = name.rpartition(".")
             self._slots.append((module.get_submodule(prefix), attr))
         # TorchOpt's MetaOptimizer attributes (extract/recover_state_dict use state_dict()).
-        self.impl = None
+        self.impl = None  # type: ignore[assignment]
         self.param_containers_groups = []
         self.state_groups: list[Any] = [_UninitializedState()]
 
@@ -169,9 +169,13 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
         )
 
     def _params(self) -> dict[str, Tensor]:
-        return {
-            name: owner._parameters[attr] for name, (owner, attr) in zip(self.names, self._slots)
-        }  # type: ignore[misc]
+        params: dict[str, Tensor] = {}
+        for name, (owner, attr) in zip(self.names, self._slots):
+            value = owner._parameters[attr]
+            if not isinstance(value, Tensor):
+                raise ValueError(f"The module's parameter {name!r} was removed or set to None.")
+            params[name] = value
+        return params
 
     def step(self, loss: Tensor) -> None:
         r"""One differentiable mirror-descent step on ``loss`` (computed with the module).
