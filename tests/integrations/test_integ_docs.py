@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "migration.md"
 
@@ -32,9 +34,11 @@ PAIRS = [
         "2. `higher` (`innerloop_ctx`, `diffopt.step(loss)`)",
         "examples/maml_higher.py",
         "examples/mirror_higher.py",
-        "Import `mirroropt.integrations.higher` (it registers `mirroropt.MirrorDescent` with\n"
-        "`higher`; needs `pip install 'mirroropt[higher]'`) and build a `MirrorDescent` instead of\n"
-        "`SGD`. The dual variable is kept, with its graph, in `diffopt.state`; the map is read by\n"
+        "Build a `mirroropt.MirrorDescent` instead of `SGD`; a plain `import mirroropt` is enough\n"
+        "(it registers `MirrorDescent` with `higher` when `higher` is imported, and never imports\n"
+        "`higher` itself; needs `pip install 'mirroropt[higher]'`). `MirrorDescent` takes\n"
+        "`net.parameters()` as well as `net.named_parameters()` (matched to the map in order).\n"
+        "The dual variable is kept, with its graph, in `diffopt.state`; the map is read by\n"
         "reference from the optimizer, so `backward()` of the query loss reaches the map's\n"
         "parameters (a module placed in a param group is refused: `higher` would deep-copy it).\n"
         "With `Identity` the fast weights and meta-gradients are those of `higher`'s SGD bit for\n"
@@ -52,6 +56,29 @@ PAIRS = [
         "never modified. `maml.parameters()` contains the model's and the map's parameters (and\n"
         "`lr` if it is an `nn.Parameter`); `first_order=True` gives first-order MAML.",
     ),
+    (
+        "4. TorchOpt (`torchopt.MetaSGD`, `extract_state_dict`/`recover_state_dict`)",
+        "examples/maml_torchopt.py",
+        "examples/mirror_torchopt.py",
+        "Replace `torchopt.MetaSGD(net, lr=...)` by\n"
+        "`mirroropt.integrations.torchopt.MetaMirrorDescent(net, mirror_map, lr=...)` (needs\n"
+        "`pip install 'mirroropt[torchopt]'`). It adapts the module in place like `MetaSGD`, takes\n"
+        "the parameter names from the module, and keeps the dual variable in its `state_dict()`,\n"
+        "so `torchopt.extract_state_dict(inner_opt)`/`recover_state_dict(inner_opt, ...)` reset it\n"
+        "per task exactly as they reset MetaSGD. With `Identity` it is `torchopt.MetaSGD` bit for\n"
+        "bit; with other maps its meta-gradients are the functional core's (tests/integrations/).",
+    ),
+    (
+        "5. Unnamed parameters (functorch's regression example: `net(params, x)` on a list)",
+        "examples/maml_lists.py",
+        "examples/mirror_lists.py",
+        'Build the map with `Diagonal(mirroropt.integrations.named(params))` (names `"0"`,\n'
+        '`"1"`, … in list order), start the dual with `z = mirror_init(mirror_map, params)` and\n'
+        "replace the list comprehension by `z, new_params = mirror_step(mirror_map, z, grads, lr)`:\n"
+        "both take and return lists (or tuples, e.g. the gradients `torch.autograd.grad` returns),\n"
+        "matched by position. Under `vmap` and `grad` as before; with `Identity`, bit for bit\n"
+        "`[p - lr * g for ...]`.",
+    ),
 ]
 
 HEADER = """# Migrating MAML code to learned mirror descent
@@ -67,11 +94,31 @@ for any map in `mirroropt.maps`.
 """
 
 FOOTER = """
-## TorchOpt
+## Code as it is found upstream
 
-Not provided: TorchOpt 0.7.3 cannot be imported without its `optree` dependency, and its
-optimizers act on anonymous pytrees of parameters while a mirror map needs the parameter names,
-so an adapter would not be thin.
+- **The inner optimizer is built inside `train()`/`test()`** (higher's and TorchOpt's Omniglot
+  scripts build it every iteration): build the map once where the model is built, give its
+  parameters to the meta-optimizer, and pass it to the functions that build the inner optimizer
+  (one more argument in their signature and at their call). The map holds the learned geometry,
+  so it must be the same object at every iteration; a map built inside `train()` would start
+  from the identity each time.
+- **Gradients as tuples, parameters as lists**: `mirror_step`/`mirror_init` take them as they
+  are (style 5); `named(params)` is the only place names are made up.
+- **BatchNorm under `vmap`** (functorch's `maml-omniglot-transforms`): training-mode BatchNorm
+  uses batch statistics, and on torch 2.13 `vmap` of such a model gives wrong second-order
+  meta-gradients without an error. Batch the tasks with `mirroropt.map_tasks(fn, *tasks,
+  model=net)`, which loops over tasks for such models (and `strategy="vmap"` refuses them), or
+  put BatchNorm in eval mode / use GroupNorm.
+
+## How many lines change
+
+Counted by `tests/integrations/test_integ_docs.py` on the pairs above: a changed line is a
+line added or rewritten (a hunk that removes r lines and adds a counts max(r, a)), blank lines
+excluded; every pair changes at most 6.
+
+| style | changed | added | removed |
+| --- | --- | --- | --- |
+{table}
 """
 
 
@@ -83,9 +130,13 @@ def unified(before: str, after: str) -> str:
 
 def render() -> str:
     parts = [HEADER]
+    rows = []
     for title, before, after, prose in PAIRS:
-        parts.append(f"\n## {title}\n\n{prose}\n\n```diff\n{unified(before, after)}```\n")
-    parts.append(FOOTER)
+        diff = unified(before, after)
+        parts.append(f"\n## {title}\n\n{prose}\n\n```diff\n{diff}```\n")
+        added, removed = changed_lines(diff)
+        rows.append(f"| {title.split(' (')[0]} | {touched_lines(diff)} | {added} | {removed} |")
+    parts.append(FOOTER.format(table="\n".join(rows)))
     return "".join(parts)
 
 
@@ -95,6 +146,21 @@ def changed_lines(diff: str) -> tuple[int, int]:
     added = sum(1 for ln in lines if ln.startswith("+") and ln[1:].strip())
     removed = sum(1 for ln in lines if ln.startswith("-") and ln[1:].strip())
     return added, removed
+
+
+def touched_lines(diff: str) -> int:
+    """Changed lines of a unified diff: per run of -/+ lines, max(removed, added) (non-blank)."""
+    total, added, removed = 0, 0, 0
+    for ln in [*diff.splitlines(), " "]:
+        if ln.startswith(("+++", "---", "@@")):
+            continue
+        if ln.startswith("+") or ln.startswith("-"):
+            if ln[1:].strip():
+                added += ln.startswith("+")
+                removed += ln.startswith("-")
+            continue
+        total, added, removed = total + max(added, removed), 0, 0
+    return total
 
 
 def test_checked_in_migration_guide_matches_the_examples() -> None:
@@ -112,6 +178,15 @@ def test_switching_styles_1_and_2_changes_at_most_five_lines() -> None:
 def test_changed_lines_counts_a_known_diff() -> None:
     diff = "--- a\n+++ b\n@@ -1,2 +1,3 @@\n x\n-y\n+y2\n+\n+z\n"
     assert changed_lines(diff) == (2, 1)
+    # one rewritten line + one added (2), then one line removed without replacement (1)
+    assert touched_lines(diff + " w\n-v\n") == 3
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p[1].split("/")[1] for p in PAIRS])
+def test_every_migration_changes_at_most_six_lines(pair: tuple[str, str, str, str]) -> None:
+    diff = unified(pair[1], pair[2])
+    added, _ = changed_lines(diff)
+    assert added >= 1 and touched_lines(diff) <= 6, (pair[1], touched_lines(diff))
 
 
 if __name__ == "__main__":
