@@ -61,3 +61,14 @@ def test_the_docstring_rewriter_turns_rst_into_markdown() -> None:
         "Step \\(z - \\alpha g\\) by `mirroropt.adapt`.\n\n"
         "\\[\nz_{k+1} = z_k\n\\]\n\nExamples:\n    >>> 1 + 1\n    2\n"
     )
+
+
+def test_the_readme_links_and_images_resolve() -> None:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)\)", text)
+    local = [t for t in targets if not t.startswith("https://")]
+    assert "docs/img/fontglot-5w1s.png" in local and "CITATION.cff" in local
+    assert all((ROOT / t).exists() for t in local), [t for t in local if not (ROOT / t).exists()]
+    assert all(t.startswith(("https://", "docs/", "CITATION", "LICENSE")) for t in targets)
