@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 import mirroropt
+from mirroropt.integrations import mirror_update
 
 
 def sample_tasks(gen: torch.Generator, tasks: int = 8, shots: int = 10) -> tuple[torch.Tensor, ...]:
@@ -47,10 +48,10 @@ def main(steps: int = 300, inner_steps: int = 5, inner_lr: float = 0.01, seed: i
         return F.mse_loss(net(params, x), y)
 
     def query_loss(x_spt, y_spt, x_qry, y_qry):
-        new_params, z = params, mirroropt.integrations.mirror_init(mirror_map, params)
+        new_params = params
         for _ in range(inner_steps):
             grads = grad(inner_loss)(new_params, x_spt, y_spt)
-            z, new_params = mirroropt.integrations.mirror_step(mirror_map, z, grads, inner_lr)
+            new_params = mirror_update(mirror_map, new_params, grads, inner_lr)
         return inner_loss(new_params, x_qry, y_qry)
 
     def evaluate() -> float:

@@ -2,8 +2,9 @@
 
 Three styles of MAML code, three small diffs (see ``docs/migration.md``):
 
-* hand-written :mod:`torch.func` loops: :func:`mirror_step` replaces ``p - lr * g`` (dicts, or
-  lists of parameters and tuples of gradients: :func:`named`, :func:`mirror_init`);
+* hand-written :mod:`torch.func` loops: :func:`mirror_update` replaces ``p - lr * g`` in one line
+  (dicts, or lists of parameters and tuples of gradients; :func:`named` names a list for the
+  map), :func:`mirror_step`/:func:`mirror_init` carry the dual variable explicitly;
   :func:`make_loss_fn` builds the ``loss_fn`` that :func:`mirroropt.adapt` takes;
 * ``higher``: :mod:`mirroropt.integrations.higher` registers :class:`mirroropt.MirrorDescent` with
   ``higher`` (optional extra ``mirroropt[higher]``). ``import mirroropt`` arranges this to happen
@@ -23,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mirroropt.integrations._l2l_style import MAML, MirrorLearner, MirrorMAML
-    from mirroropt.integrations._torchfunc import make_loss_fn, mirror_init, mirror_step, named
+    from mirroropt.integrations._torchfunc import (
+        make_loss_fn,
+        mirror_init,
+        mirror_step,
+        mirror_update,
+        named,
+    )
 
 __all__ = [
     "MAML",
@@ -32,6 +39,7 @@ __all__ = [
     "make_loss_fn",
     "mirror_init",
     "mirror_step",
+    "mirror_update",
     "named",
 ]
 
@@ -42,13 +50,21 @@ _LAZY = {
     "make_loss_fn": "mirroropt.integrations._torchfunc",
     "mirror_init": "mirroropt.integrations._torchfunc",
     "mirror_step": "mirroropt.integrations._torchfunc",
+    "mirror_update": "mirroropt.integrations._torchfunc",
     "named": "mirroropt.integrations._torchfunc",
 }
+
+
+#: optional-dependency submodules, imported on first attribute access
+#: (``mirroropt.integrations.torchopt.MetaMirrorDescent`` after a plain ``import mirroropt``)
+_SUBMODULES = ("higher", "torchopt")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mirroropt.integrations.{name}")
     raise AttributeError(f"module 'mirroropt.integrations' has no attribute {name!r}")
 
 

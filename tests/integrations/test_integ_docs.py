@@ -72,12 +72,16 @@ PAIRS = [
         "5. Unnamed parameters (functorch's regression example: `net(params, x)` on a list)",
         "examples/maml_lists.py",
         "examples/mirror_lists.py",
-        'Build the map with `Diagonal(mirroropt.integrations.named(params))` (names `"0"`,\n'
-        '`"1"`, … in list order), start the dual with `z = mirror_init(mirror_map, params)` and\n'
-        "replace the list comprehension by `z, new_params = mirror_step(mirror_map, z, grads, lr)`:\n"
-        "both take and return lists (or tuples, e.g. the gradients `torch.autograd.grad` returns),\n"
-        "matched by position. Under `vmap` and `grad` as before; with `Identity`, bit for bit\n"
-        "`[p - lr * g for ...]`.",
+        "Build the map with `Diagonal(mirroropt.integrations.named(params))` (names `'0'`,\n"
+        "`'1'`, … in list order) and replace the list comprehension by\n"
+        "`new_params = mirror_update(mirror_map, new_params, grads, lr)`: it takes and returns\n"
+        "lists (or tuples, e.g. the gradients `torch.autograd.grad` returns, or dicts), matched by\n"
+        "position, and recomputes the dual point z = ∇h(φ) at each step, so there is no state to\n"
+        "carry. With `Identity` it is bit for bit `[p - lr * g for ...]`; with other maps it gives\n"
+        "the iterates and meta-gradients of the dual-state loop\n"
+        "`z, new_params = mirror_step(mirror_map, z, grads, lr)` (started with\n"
+        "`z = mirror_init(mirror_map, params)`), which saves one `to_dual` per step and also serves\n"
+        "maps without `to_dual`. `mirror_update` works in dict-based loops (style 1) too.",
     ),
 ]
 
@@ -97,20 +101,40 @@ FOOTER = """
 ## Code as it is found upstream
 
 - **The inner optimizer is built inside `train()`/`test()`** (higher's and TorchOpt's Omniglot
-  scripts build it every iteration): build the map once where the model is built, give its
-  parameters to the meta-optimizer, and pass it to the functions that build the inner optimizer
-  (one more argument in their signature and at their call). The map holds the learned geometry,
-  so it must be the same object at every iteration; a map built inside `train()` would start
-  from the identity each time.
-- **Gradients as tuples, parameters as lists**: `mirror_step`/`mirror_init` take them as they
-  are (style 5); `named(params)` is the only place names are made up.
-- **BatchNorm under `vmap`** (functorch's `maml-omniglot-transforms`): training-mode BatchNorm
-  uses batch statistics, and on torch 2.13 `vmap` of such a model gives wrong second-order
-  meta-gradients without an error. Batch the tasks with `mirroropt.map_tasks(fn, *tasks,
-  model=net)`, which loops over tasks for such models (and `strategy="vmap"` refuses them), or
-  put BatchNorm in eval mode / use GroupNorm.
+  scripts build it there): the map holds the learned geometry, so it must be built once, next
+  to the model, and be the same object at every iteration (a map built inside `train()` would
+  restart from the identity). Either pass it to `train()`/`test()` (their signatures and calls:
+  4 more lines) or, the smallest edit, make it a module global where the model is built:
+  `global mirror_map; mirror_map = mirroropt.maps.Diagonal(net)`.
+- **Gradients as tuples, parameters as lists or tuples** (`make_functional` returns a tuple,
+  `torch.autograd.grad` a tuple): `mirror_update`/`mirror_step` take them as they are (style 5);
+  `named(params)` is the one place names are made up.
+- **BatchNorm under `vmap`** (functorch's `maml-omniglot-transforms` vmaps a model whose
+  BatchNorm uses batch statistics): on torch 2.13 `vmap` then gives wrong second-order
+  meta-gradients without an error (`benchmarks/batchnorm_trap.py` measures it), and
+  `mirror_update` cannot see the model to refuse. Replace `vmap(fn)(*tasks)` by
+  `mirroropt.map_tasks(fn, *tasks, model=net)`, which loops over tasks for such models (and
+  refuses `strategy="vmap"`), or use GroupNorm / eval-mode BatchNorm.
 
-## How many lines change
+### Five upstream scripts
+
+The edits below switch each upstream MAML script to mirror descent with a learned `Diagonal`
+map (MAML when the map is `Identity`). They were enumerated on the files at the commits given,
+read with this repository's search tools (not copied here), and counted as in the next section;
+the migrated scripts were not run (they need Omniglot and CUDA, or deprecated `functorch` APIs).
+
+| upstream script (commit) | edits | changed |
+| --- | --- | --- |
+| higher `examples/maml-omniglot.py` (0c478d0) | `import mirroropt`; `global mirror_map; mirror_map = mirroropt.maps.Diagonal(net)`; `meta_opt` over `[*net.parameters(), *mirror_map.parameters()]`; `torch.optim.SGD(net.parameters(), lr=1e-1)` → `mirroropt.MirrorDescent(net.parameters(), mirror_map, lr=1e-1)` in `train` and `test` | 5 |
+| functorch `maml_omniglot/maml-omniglot-transforms.py` (24c5633) | `import mirroropt`; the global map over `mirroropt.integrations.named(params)`; `meta_opt` over params + map; the two `[p - g * 1e-1 ...]` → `mirroropt.integrations.mirror_update(mirror_map, new_params, grads, 1e-1)`; `vmap(compute_loss_for_task)(...)` → `mirroropt.map_tasks(compute_loss_for_task, ..., model=net)` (its BatchNorm) | 6 |
+| functorch `maml_regression/evjang_transforms.py` (f2e1710) | `import mirroropt`; `mirror_map = mirroropt.maps.Diagonal(mirroropt.integrations.named(params))`; `Adam` over params + map; the two list comprehensions → `mirror_update(mirror_map, ..., grads, alpha)` | 5 |
+| learn2learn `examples/vision/maml_omniglot.py` (23568c6) | `import mirroropt`; `l2l.algorithms.MAML(model, lr=fast_lr, first_order=False)` → `mirroropt.integrations.MirrorMAML(model, mirroropt.maps.Diagonal(model), lr=fast_lr)` (`maml.parameters()` then holds the map's) | 2 |
+| TorchOpt `examples/few-shot/maml_omniglot.py` (187fa54) | `import mirroropt`; the global map; `meta_opt` over params + map; `torchopt.MetaSGD(net, lr=1e-1)` → `mirroropt.integrations.torchopt.MetaMirrorDescent(net, mirror_map, lr=1e-1)` in `train` and `test` | 5 |
+
+Passing the map as an argument instead of a global adds 4 lines to the higher and TorchOpt
+scripts (9 each).
+
+## How many lines change in the pairs above
 
 Counted by `tests/integrations/test_integ_docs.py` on the pairs above: a changed line is a
 line added or rewritten (a hunk that removes r lines and adds a counts max(r, a)), blank lines

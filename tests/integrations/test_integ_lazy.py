@@ -83,3 +83,13 @@ def test_import_mirroropt_alone_does_not_import_higher() -> None:
         "      mirroropt._autoregister.installed())\n"
     )
     assert out.split() == ["[]", "True"]
+
+
+def test_optional_submodules_are_attributes_after_import_mirroropt() -> None:
+    out = run_python(
+        "import sys, mirroropt\n"
+        "assert 'torchopt' not in sys.modules\n"
+        "cls = mirroropt.integrations.torchopt.MetaMirrorDescent\n"
+        "print(cls.__name__, 'torchopt' in sys.modules)\n"
+    )
+    assert out.split() == ["MetaMirrorDescent", "True"]
