@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mirroropt import functional as F
+from mirroropt._batching import uses_batch_statistics
 from mirroropt._types import LR, Params
 from mirroropt.maps._base import MirrorMap
 
@@ -245,8 +246,14 @@ def make_loss_fn(
         inputs: the model's positional input, or a tuple of them.
         targets: the targets passed to ``criterion``.
 
+    The returned function refuses to run under :func:`torch.func.vmap` when ``model``
+    normalizes with batch statistics (training-mode BatchNorm, InstanceNorm; see
+    :func:`mirroropt.uses_batch_statistics`): there ``vmap`` gives wrong second-order
+    meta-gradients on torch 2.13 without an error. :func:`mirroropt.map_tasks` loops instead.
+
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or ``criterion`` is not callable.
+        ValueError: (when called) under ``vmap`` with a model that uses batch statistics.
 
     Example:
         >>> import torch
@@ -263,9 +270,29 @@ def make_loss_fn(
     args = inputs if isinstance(inputs, tuple) else (inputs,)
 
     def loss_fn(phi: Params) -> Tensor:
+        if _under_vmap():
+            offending = uses_batch_statistics(model)
+            if offending:
+                raise ValueError(
+                    f"`model` normalizes with batch statistics in {offending} and this loss runs "
+                    f"under torch.func.vmap, which gives wrong second-order meta-gradients through "
+                    f"such layers (torch 2.13). Batch tasks with mirroropt.map_tasks(fn, *tasks, "
+                    f"model=model) (it loops for such models), put BatchNorm in eval mode with "
+                    f"running statistics, or use GroupNorm/LayerNorm."
+                )
         return criterion(torch.func.functional_call(model, phi, args), targets)
 
     return loss_fn
+
+
+def _under_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` transform is active (private functorch API, read-only)."""
+    try:
+        stack = torch._C._functorch.get_interpreter_stack()
+    except AttributeError:  # pragma: no cover - an older/newer torch without it: no check
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in stack or ())
 
 
 def as_tensor_lr(lr: LR, like: Mapping[str, Tensor]) -> LR:

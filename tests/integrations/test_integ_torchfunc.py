@@ -323,3 +323,33 @@ def test_mirror_update_refuses_maps_without_to_dual() -> None:
             {n: torch.zeros_like(p) for n, p in model.named_parameters()},
             LR,
         )
+
+
+def test_make_loss_fn_refuses_vmap_over_batch_statistics_and_map_tasks_loops() -> None:
+    """functorch's maml-omniglot-transforms pattern: vmap over a BatchNorm model that normalizes
+    with batch statistics gives silently wrong meta-gradients on torch 2.13; where our API sees
+    the model, it refuses."""
+    x_spt, y_spt, _, _ = make_tasks()
+
+    def run(net: nn.Module, batch: str) -> Tensor:
+        mirror_map = Identity(net)
+
+        def task(x: Tensor, y: Tensor) -> Tensor:
+            loss_fn = make_loss_fn(net, F.mse_loss, x, y)
+            phi = mirroropt.adapt(mirror_map, loss_fn, dict(net.named_parameters()), lr=LR, steps=1)
+            return loss_fn(phi)
+
+        if batch == "vmap":
+            return vmap(task)(x_spt, y_spt)
+        return mirroropt.map_tasks(task, x_spt, y_spt, model=net)
+
+    torch.manual_seed(0)
+    batch_stats = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)
+    ).double()
+    with pytest.raises(ValueError, match=r"batch statistics in \['1'\].*under torch\.func\.vmap"):
+        run(batch_stats, "vmap")
+    looped = run(batch_stats, "map_tasks")  # loops over tasks: allowed
+    assert looped.shape == (3,) and bool(torch.isfinite(looped).all())
+    running = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().eval()
+    assert run(running, "vmap").shape == (3,)  # eval mode, running statistics: vmap allowed
