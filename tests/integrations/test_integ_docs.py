@@ -111,10 +111,11 @@ FOOTER = """
   `named(params)` is the one place names are made up.
 - **BatchNorm under `vmap`** (functorch's `maml-omniglot-transforms` vmaps a model whose
   BatchNorm uses batch statistics): on torch 2.13 `vmap` then gives wrong second-order
-  meta-gradients without an error (`benchmarks/batchnorm_trap.py` measures it), and
-  `mirror_update` cannot see the model to refuse. Replace `vmap(fn)(*tasks)` by
-  `mirroropt.map_tasks(fn, *tasks, model=net)`, which loops over tasks for such models (and
-  refuses `strategy="vmap"`), or use GroupNorm / eval-mode BatchNorm.
+  meta-gradients without an error (`benchmarks/batchnorm_trap.py` measures it). Where
+  mirroropt sees the model it refuses: the loss from `make_loss_fn(net, ...)` raises under
+  `vmap` for such a model, and `map_tasks(..., strategy="vmap")` too; `mirror_update` sees only
+  tensors. Replace `vmap(fn)(*tasks)` by `mirroropt.map_tasks(fn, *tasks, model=net)`, which
+  loops over tasks for such models, or use GroupNorm / eval-mode BatchNorm.
 
 ### Five upstream scripts
 
