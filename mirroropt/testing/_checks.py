@@ -997,7 +997,7 @@ def check_gradient_field(
     points: Sequence[Point],
     *,
     probes: int = 1,
-    lanczos_steps: int = 10,
+    lanczos_steps: int = 6,
     rtol: float | None = None,
     seed: int = 0,
     raise_on_failure: bool = True,
