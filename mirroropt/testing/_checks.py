@@ -636,25 +636,31 @@ def _ascend_local(
 
     best: _Finding | None = None
     for _ in range(steps):
-        try:
-            w = partner(z, v)
-            f0, grad = objective(z, v, w, True)
-            f0 = f0 if kind.lower else -f0
-        except (RuntimeError, NotImplementedError):
-            return best  # no second derivatives here: the local certificate stands alone
-        assert grad is not None
-        gmax = float(grad.abs().max())
-        if not math.isfinite(gmax) or gmax == 0.0:
-            break
-        moved = False
-        for _ in range(6):
-            cand = (z - step * grad / gmax).clamp(-box, box)
-            f1 = objective(cand, v, w, False)[0]
-            f1 = f1 if kind.lower else -f1
-            if f1 < f0:
-                moved = True
+        # up to 3 gradient steps along the current direction v, then Lanczos at the new z
+        cand, moved = z, False
+        for _ in range(3):
+            try:
+                w = partner(cand, v)
+                f0, grad = objective(cand, v, w, True)
+                f0 = f0 if kind.lower else -f0
+            except (RuntimeError, NotImplementedError):
+                return best  # no second derivatives here: the local certificate stands alone
+            assert grad is not None
+            gmax = float(grad.abs().max())
+            if not math.isfinite(gmax) or gmax == 0.0:
                 break
-            step *= 0.5
+            inner = False
+            for _ in range(6):
+                trial = (cand - step * grad / gmax).clamp(-box, box)
+                f1 = objective(trial, v, w, False)[0]
+                f1 = f1 if kind.lower else -f1
+                if f1 < f0:
+                    inner = True
+                    break
+                step *= 0.5
+            if not inner:
+                break
+            cand, moved = trial, True
         if not moved:
             break
         _, ext = certify_at(-1, cand, start=v, steps=6)
