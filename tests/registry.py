@@ -29,8 +29,7 @@ SHAPES: dict[str, torch.Size] = {
 #: 32 901 coordinates, conv kernels (32, 32, 3, 3), norm vectors, and a (5, 800) head whose
 #: 800-wide mode is above ``Kronecker``'s default ``max_factor_size=512`` (the diagonal fallback).
 CONV4: dict[str, torch.Size] = {
-    n: p.shape
-    for n, p in Conv4(5, width=32, image_size=84, in_channels=3).named_parameters()
+    n: p.shape for n, p in Conv4(5, width=32, image_size=84, in_channels=3).named_parameters()
 }
 
 

@@ -22,8 +22,8 @@ from mirroropt.testing import (
     check_monotone,
     check_reduces_to_gd,
     check_round_trip,
+    sample_points,
 )
-from mirroropt.testing import sample_points
 from mirroropt.testing.strategies import (
     dual_points,
     param_dicts,
@@ -165,7 +165,7 @@ def test_param_dicts_fit_maps_built_from_them(phi: dict[str, Tensor]) -> None:
 @given(shape_dicts(max_layers=4, max_numel=4096))
 def test_shape_dicts_are_layer_like_and_within_budget(shapes: dict[str, tuple[int, ...]]) -> None:
     assert sum(math.prod(s) for s in shapes.values()) <= 4096 + 4 * 256
-    for name, s in shapes.items():
+    for s in shapes.values():
         assert len(s) in (0, 1, 2, 4)
         if len(s) == 4:
             assert s[2] == s[3] and s[2] in (1, 3, 5)  # conv kernels (C_out, C_in, k, k)
@@ -213,7 +213,10 @@ def test_points_for_uses_the_models_own_shapes_and_dtype() -> None:
 
     @given(points_for(model))
     def run(points: list[dict[str, Tensor]]) -> None:
-        assert points[0]["0.weight"].shape == (3, 2, 3, 3) and points[0]["1.weight"].shape == (600, 4)
+        assert points[0]["0.weight"].shape == (3, 2, 3, 3) and points[0]["1.weight"].shape == (
+            600,
+            4,
+        )
         assert points[0]["0.bias"].dtype == torch.float32 and len(points) >= 2
 
     run()

@@ -273,13 +273,13 @@ def _certify_impl(
     seed: int,
 ) -> tuple[bool, float, float, str, Witness | None]:
     """(passed, measured, tolerance, detail, witness) of one claim over points, pairs, ascent."""
-    for value, argument in (
+    for number, argument in (
         (local_probes, "local_probes"),
         (lanczos_steps, "lanczos_steps"),
         (ascent_steps, "ascent_steps"),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`{argument}` must be an int ≥ 0, got {value!r}.")
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise ValueError(f"`{argument}` must be an int ≥ 0, got {number!r}.")
     fmap = FlatMap(mirror_map)
     flats = [fmap.flat(p).detach() for p in points]
     dtype = flats[0].dtype
@@ -391,7 +391,9 @@ def _certify_impl(
         for a in range(len(flats)):
             for b in range(a + 1, len(flats)):
                 dz = flats[a] - flats[b]
-                if robust_norm(dz) > math.sqrt(eps) * (robust_norm(flats[a]) + robust_norm(flats[b])):
+                if robust_norm(dz) > math.sqrt(eps) * (
+                    robust_norm(flats[a]) + robust_norm(flats[b])
+                ):
                     scale = max(scale, robust_norm(values[a] - values[b]) / robust_norm(dz))
     scale = scale if scale > 0 and math.isfinite(scale) else 1.0
     tol = rtol * scale
@@ -451,8 +453,18 @@ def _certify_impl(
         if pair_list:
             a, b, _ = min(pair_list, key=lambda t: t[2])
             found = _ascend_pair(
-                fmap, kind, flats[a], flats[b], (a, b), claim, box, ascent_steps, tol, separation,
-                scale, eps,
+                fmap,
+                kind,
+                flats[a],
+                flats[b],
+                (a, b),
+                claim,
+                box,
+                ascent_steps,
+                tol,
+                separation,
+                scale,
+                eps,
             )
             if found is not None:
                 findings.append(found)
@@ -500,13 +512,16 @@ def _certify_impl(
         measured = max((f.value for f in findings), default=math.nan)
     if any(math.isnan(f.value) for f in findings):
         measured = math.nan
-    extreme = min(findings, key=lambda f: kind.margin(f.value, claim) if not math.isnan(f.value) else -math.inf)
+    extreme = min(
+        findings,
+        key=lambda f: kind.margin(f.value, claim) if not math.isnan(f.value) else -math.inf,
+    )
 
     loc = [f for f in findings if f.other is None and "ascent" not in f.how]
     parts = []
     if loc:
         certified = min(f.value for f in loc) if kind.lower else max(f.value for f in loc)
-        exact = all(e.exhausted for _, _, e in locals_)
+        all_exact = all(e.exhausted for _, _, e in locals_)
         scope = (
             "one point (linear: verified at all points, so it holds on all of R^d)"
             if linear_ok
@@ -515,7 +530,7 @@ def _certify_impl(
         parts.append(
             f"Local: {'min eigenvalue of (J+J^T)/2' if kind.lower else 'top singular value of J'}"
             f" {certified:.6g} by Lanczos at {scope}"
-            f"{', exact (Krylov space exhausted)' if exact else ''}."
+            f"{', exact (Krylov space exhausted)' if all_exact else ''}."
         )
     elif local_probes == 0:
         parts.append("Local certification off.")
@@ -733,11 +748,15 @@ def _ascend_pair(
             dz = cx - cy
             with torch.no_grad():
                 gcx, gcy = fmap(cx), fmap(cy)
-            reach = (robust_norm(gcx) + robust_norm(gcy)) / scale + robust_norm(cx) + robust_norm(cy)
+            reach = (
+                (robust_norm(gcx) + robust_norm(gcy)) / scale + robust_norm(cx) + robust_norm(cy)
+            )
             ndz = robust_norm(dz)
             if bool((dz != 0).any()) and ndz >= separation * reach:
-                f1 = -_pair_value(kind, dz, gcx - gcy) if not kind.lower else _pair_value(
-                    kind, dz, gcx - gcy
+                f1 = (
+                    -_pair_value(kind, dz, gcx - gcy)
+                    if not kind.lower
+                    else _pair_value(kind, dz, gcx - gcy)
                 )
                 if f1 < f0:
                     moved = True
@@ -959,7 +978,9 @@ def check_round_trip(
             try:
                 phi = fmap.unflat(fmap(fmap.flat(z)))
                 back_dict = mirror_map.to_dual(phi)
-                if not isinstance(back_dict, Mapping) or any(n not in back_dict for n in fmap.names):
+                if not isinstance(back_dict, Mapping) or any(
+                    n not in back_dict for n in fmap.names
+                ):
                     missing = [n for n in fmap.names if n not in back_dict]
                     raise MapOutputError(
                         f"{type(mirror_map).__name__}.to_dual must return exactly the names the "

@@ -103,15 +103,17 @@ class Local:
                 leaf = self.z.clone().requires_grad_(True)
                 out = fmap(leaf)
                 dummy = torch.zeros_like(out, requires_grad=True)
-                (back,) = torch.autograd.grad(out, leaf, dummy, create_graph=True, allow_unused=True)
+                (back,) = torch.autograd.grad(
+                    out, leaf, dummy, create_graph=True, allow_unused=True
+                )
             if back is None or not back.requires_grad:
                 raise RuntimeError("no graph")
             self._leaf, self._out, self._dummy, self._back = leaf, out, dummy, back
             self.value = out.detach()
             self._graph = True
         except (RuntimeError, NotImplementedError):
-            self.value, self._pullback = torch.func.vjp(fmap, self.z)
-            self.value = self.value.detach()
+            result = torch.func.vjp(fmap, self.z)
+            self.value, self._pullback = result[0].detach(), result[1]
 
     def jt(self, u: Tensor) -> Tensor:
         if self._graph:

@@ -107,8 +107,7 @@ def separate(
                 break
             point = {
                 n: (
-                    t
-                    + 0.1 * scale * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t)
+                    t + 0.1 * scale * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t)
                 ).clamp(-bound, bound)
                 for n, t in point.items()
             }

@@ -196,8 +196,9 @@ def shape_dicts(
             f"`max_layers` and `max_numel` must be positive, got {max_layers} and {max_numel}."
         )
     kinds = draw(
-        st.lists(st.sampled_from(("conv", "linear", "norm", "scalar")), min_size=1,
-                 max_size=max_layers)
+        st.lists(
+            st.sampled_from(("conv", "linear", "norm", "scalar")), min_size=1, max_size=max_layers
+        )
     )
     budget = max(1, max_numel // len(kinds))
     out: dict[str, tuple[int, ...]] = {}

@@ -52,7 +52,11 @@ class Wiggle(mo.MirrorMap):
     """
 
     def __init__(
-        self, shapes: dict[str, tuple[int, ...]], a: float, omega: float, mu: float | None,
+        self,
+        shapes: dict[str, tuple[int, ...]],
+        a: float,
+        omega: float,
+        mu: float | None,
         lip: float | None,
     ) -> None:
         super().__init__(shapes)

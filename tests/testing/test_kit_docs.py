@@ -19,7 +19,7 @@ def test_docs_testing_page_runs(capsys) -> None:  # type: ignore[no-untyped-def]
     assert len(blocks) == 3
     namespace: dict[str, object] = {"__name__": "docs_testing"}
     for block in blocks:
-        exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102
+        exec(compile(block, str(DOC), "exec"), namespace)
     user_test = namespace["test_my_map"]
     settings(max_examples=5)(user_test)()  # type: ignore[operator]
     printed = capsys.readouterr().out

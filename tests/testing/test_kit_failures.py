@@ -37,7 +37,9 @@ W48 = {"w": (48,)}
 def test_reflection_with_one_negative_direction_fails_with_the_direction(cls: type) -> None:
     g = cls()
     points = sample_points(W48, n=3, seed=4)
-    with pytest.raises(PropertyError, match=r"\[FAIL\] \w+: strongly monotone: measured -1 < bound 0\.5") as info:
+    with pytest.raises(
+        PropertyError, match=r"\[FAIL\] \w+: strongly monotone: measured -1 < bound 0\.5"
+    ) as info:
         check_monotone(g, points)
     report = info.value.report
     assert report.measured == pytest.approx(-1.0, abs=1e-10)
@@ -51,6 +53,7 @@ def test_reflection_with_one_negative_direction_fails_with_the_direction(cls: ty
     assert pair_only.measured > -0.5
     ascended = check_monotone(g, points, local_probes=0, raise_on_failure=False)
     assert ascended.measured < -0.9 and "pair ascent" in ascended.detail
+
     # and the kit fails on every hypothesis draw, as a user's test would
     @settings(max_examples=10)
     @given(points_for(g))
@@ -107,9 +110,10 @@ def test_a_map_non_monotone_only_beyond_10_fails_exactly_when_the_points_go_ther
             reached.append(True)
             assert not report.passed and report.measured < -0.5
             assert report.witness is not None
-            assert float(report.witness.point["a"].abs().max()) > 10 or float(
-                report.witness.point["b"].abs().max()
-            ) > 10
+            assert (
+                float(report.witness.point["a"].abs().max()) > 10
+                or float(report.witness.point["b"].abs().max()) > 10
+            )
         elif max(float(t.abs().max()) for p in points for t in p.values()) < 9.8:
             assert report.passed
 

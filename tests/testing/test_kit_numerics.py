@@ -22,7 +22,9 @@ SMALL = {"conv.weight": (2, 2, 3, 3), "bias": (2,), "s": ()}
 def test_duplicates_are_skipped_and_counted_not_an_error() -> None:
     z = sample_points(SMALL, n=1, seed=3)[0]
     report = check_monotone(Identity(SMALL), [z, z, dict(z)])
-    assert report.passed and "0 compared" in report.detail and "3 duplicates skipped" in report.detail
+    assert (
+        report.passed and "0 compared" in report.detail and "3 duplicates skipped" in report.detail
+    )
     assert report.measured == pytest.approx(1.0)  # from the local certificate alone
 
 
@@ -48,7 +50,9 @@ def test_relative_near_duplicates_at_large_magnitude_are_skipped() -> None:
     assert report.passed and "1 closer than the separation threshold" in report.detail
 
 
-def _with_duplicates(points: list[dict[str, torch.Tensor]], offsets: list[float]) -> list[dict[str, torch.Tensor]]:
+def _with_duplicates(
+    points: list[dict[str, torch.Tensor]], offsets: list[float]
+) -> list[dict[str, torch.Tensor]]:
     base = points[0]
     out = [*points, dict(base)]
     out += [{n: t + o for n, t in base.items()} for o in offsets]

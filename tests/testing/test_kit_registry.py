@@ -7,11 +7,16 @@ kit certifies; a copy of the map that states a constant tighter than the certifi
 from __future__ import annotations
 
 import pytest
-
 from torch import Tensor
 
 from mirroropt.maps import BlockIAF, Kronecker, MirrorMap
-from mirroropt.testing import PropertyError, check_lipschitz, check_map, check_monotone, sample_points
+from mirroropt.testing import (
+    PropertyError,
+    check_lipschitz,
+    check_map,
+    check_monotone,
+    sample_points,
+)
 from tests.registry import CASES, CONV4, MapCase
 from tests.testing._bad_maps import claims
 
@@ -52,8 +57,15 @@ def test_conv4_shapes_exercise_the_kronecker_fallback_and_conv_kernels() -> None
     assert g.log_factors["head-weight"]["out"].shape == (5, 5)
 
 
-TIGHT = ["identity", "diagonal", "diagonal-per-tensor", "kronecker", "kronecker-capped", "pnorm-2",
-         "elementwise_convex"]
+TIGHT = [
+    "identity",
+    "diagonal",
+    "diagonal-per-tensor",
+    "kronecker",
+    "kronecker-capped",
+    "pnorm-2",
+    "elementwise_convex",
+]
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in TIGHT], ids=TIGHT)
@@ -72,7 +84,11 @@ def test_stated_constants_are_tight_where_the_math_says_so(case: MapCase) -> Non
         assert lip.measured == pytest.approx(g.lipschitz_constant(), rel=1e-4)
 
 
-WITH_MU = [c for c in CASES if c.id in ("diagonal", "kronecker", "block_iaf-monotone", "convex_potential", "pnorm-3")]
+WITH_MU = [
+    c
+    for c in CASES
+    if c.id in ("diagonal", "kronecker", "block_iaf-monotone", "convex_potential", "pnorm-3")
+]
 
 
 @pytest.mark.parametrize("case", WITH_MU, ids=[c.id for c in WITH_MU])
@@ -93,6 +109,8 @@ def test_unconstrained_flow_fails_and_monotone_flow_passes_on_the_same_points() 
     good = CASES[ids.index("block_iaf-monotone")].build_trained(CONV4)
     assert isinstance(bad, BlockIAF) and not bad.monotone and good.monotone
     points = sample_points(CONV4, n=2, seed=1)
-    with pytest.raises(PropertyError, match=r"\[FAIL\] BlockIAF: strictly monotone .*Witness: at z"):
+    with pytest.raises(
+        PropertyError, match=r"\[FAIL\] BlockIAF: strictly monotone .*Witness: at z"
+    ):
         check_monotone(bad, points)
     assert check_monotone(good, points).passed
