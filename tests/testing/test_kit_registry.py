@@ -17,7 +17,7 @@ from mirroropt.testing import (
     check_monotone,
     sample_points,
 )
-from tests.registry import CASES, CONV4, MapCase
+from tests.registry import CASES, CONV4, SHAPES, MapCase
 from tests.testing._bad_maps import claims
 
 ids = [c.id for c in CASES]
@@ -93,8 +93,10 @@ WITH_MU = [
 
 @pytest.mark.parametrize("case", WITH_MU, ids=[c.id for c in WITH_MU])
 def test_a_stated_constant_beyond_the_certified_one_fails(case: MapCase) -> None:
-    g = case.build_trained(CONV4)
-    points = _points(case, g)
+    """Linear maps at Conv4 size (one point certifies them); nonlinear ones on the small layers."""
+    shapes = CONV4 if case.id in ("diagonal", "kronecker") else SHAPES
+    g = case.build_trained(shapes)
+    points = sample_points(g, n=2, seed=1, bound=case.domain)
     certified_mu = check_monotone(g, points).measured
     with pytest.raises(PropertyError, match=r"strongly monotone: measured .* < bound"):
         check_monotone(claims(g, mu=1.05 * certified_mu, lip=None), points)
@@ -105,10 +107,10 @@ def test_a_stated_constant_beyond_the_certified_one_fails(case: MapCase) -> None
 
 
 def test_unconstrained_flow_fails_and_monotone_flow_passes_on_the_same_points() -> None:
-    bad = CASES[ids.index("block_iaf")].build_trained(CONV4)
-    good = CASES[ids.index("block_iaf-monotone")].build_trained(CONV4)
+    bad = CASES[ids.index("block_iaf")].build_trained(SHAPES)
+    good = CASES[ids.index("block_iaf-monotone")].build_trained(SHAPES)
     assert isinstance(bad, BlockIAF) and not bad.monotone and good.monotone
-    points = sample_points(CONV4, n=2, seed=1)
+    points = sample_points(SHAPES, n=3, seed=0)  # magnitudes up to 1e3, as for real weights
     with pytest.raises(
         PropertyError, match=r"\[FAIL\] BlockIAF: strictly monotone .*Witness: at z"
     ):
