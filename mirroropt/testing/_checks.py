@@ -34,7 +34,15 @@ from torch.autograd.gradcheck import GradcheckError
 from mirroropt import functional as F
 from mirroropt.maps._base import MirrorMap
 from mirroropt.maps._identity import Identity
-from mirroropt.testing._linalg import FlatMap, Local, MapOutputError, lanczos, robust_norm
+from mirroropt.testing._linalg import (
+    DENSE_MAX,
+    FlatMap,
+    Local,
+    MapOutputError,
+    dense_extremes,
+    lanczos,
+    robust_norm,
+)
 
 __all__ = [
     "PropertyError",
@@ -328,6 +336,9 @@ def _certify_impl(
         i: int, z: Tensor, start: Tensor | None = None, steps: int = 0, hinted: bool = False
     ) -> Any:
         local = Local(fmap, z)
+        if fmap.numel <= DENSE_MAX:
+            jac = local.dense()
+            return local, dense_extremes(0.5 * (jac + jac.T) if kind.lower else jac.T @ jac)
         op = local.sym if kind.lower else local.gram
         best = None
         hint = inverse_start(z) if start is None and hinted else None
@@ -368,7 +379,7 @@ def _certify_impl(
         for i in order:
             local, ext = certify_at(i, flats[i])
             locals_.append((i, local, ext))
-        if inverse is not None and not linear_ok and locals_:
+        if inverse is not None and not linear_ok and locals_ and fmap.numel > DENSE_MAX:
             # refine the worst point with a start vector from the inverse map's Jacobian
             k = min(range(len(locals_)), key=lambda j: locals_[j][2].low)
             i = locals_[k][0]
@@ -400,8 +411,11 @@ def _certify_impl(
 
     for i, _, ext in locals_:
         vec = ext.low_vec if kind.lower else ext.high_vec
-        exact = "exhausted: exact" if ext.exhausted else f"residual {ext.residual:.1g}"
-        how = f"Lanczos on {op_name} at points[{i}] ({ext.steps} steps, {exact})"
+        if fmap.numel <= DENSE_MAX:
+            how = f"eigh of the dense {op_name} at points[{i}] (exact)"
+        else:
+            exact = "exhausted: exact" if ext.exhausted else f"residual {ext.residual:.1g}"
+            how = f"Lanczos on {op_name} at points[{i}] ({ext.steps} steps, {exact})"
         if linear_ok:
             how += "; linear map, so this holds at every z"
         findings.append(_Finding(local_value(ext), tol, f"points[{i}]", how, flats[i], vec))
@@ -522,6 +536,9 @@ def _certify_impl(
     if loc:
         certified = min(f.value for f in loc) if kind.lower else max(f.value for f in loc)
         all_exact = all(e.exhausted for _, _, e in locals_)
+        dense = fmap.numel <= DENSE_MAX
+        method = "eigh of the dense Jacobian" if dense else "Lanczos"
+        exactness = ", exact" if dense else ", exact (Krylov space exhausted)"
         scope = (
             "one point (linear: verified at all points, so it holds on all of R^d)"
             if linear_ok
@@ -529,8 +546,8 @@ def _certify_impl(
         )
         parts.append(
             f"Local: {'min eigenvalue of (J+J^T)/2' if kind.lower else 'top singular value of J'}"
-            f" {certified:.6g} by Lanczos at {scope}"
-            f"{', exact (Krylov space exhausted)' if all_exact else ''}."
+            f" {certified:.6g} by {method} at {scope}"
+            f"{exactness if all_exact else ''}."
         )
     elif local_probes == 0:
         parts.append("Local certification off.")
@@ -690,8 +707,8 @@ def _ascend_local(
                 value,
                 tol,
                 f"{start.where} + ascent",
-                f"Lanczos at {start.where}, then {taken} gradient-ascent steps on the local "
-                f"quotient (Lanczos at each new z)",
+                f"the local certificate at {start.where}, then {taken} gradient-ascent steps on "
+                f"the local quotient (re-certified at each new z)",
                 z.clone(),
                 v.clone(),
             )
@@ -1056,6 +1073,16 @@ def check_gradient_field(
                 tol = default_rtol(flat.dtype, fmap.numel) if rtol is None else rtol
                 local = Local(fmap, flat)
                 conv = torch.finfo(flat.dtype).eps ** 0.25
+                if fmap.numel <= DENSE_MAX:
+                    jac = local.dense()
+                    skew_m = 0.5 * (jac - jac.T)
+                    norm_j = float(torch.linalg.matrix_norm(jac, ord=2))
+                    sk = dense_extremes(skew_m.T @ skew_m)
+                    value = math.sqrt(max(sk.high, 0.0)) / norm_j if norm_j > 0 else 0.0
+                    if not math.isfinite(value) or value > worst:
+                        worst, where = value, f"points[{i}]"
+                        witness_data = (flat, sk.high_vec, value)
+                    continue
                 for _ in range(max(probes, 1)):
                     start = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(flat)
                     skew = lanczos(local.skew_gram, start, steps=lanczos_steps, tol=conv)

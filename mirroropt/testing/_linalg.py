@@ -12,7 +12,19 @@ from torch import Tensor
 
 from mirroropt.maps._base import MirrorMap
 
-__all__ = ["FlatMap", "Local", "MapOutputError", "lanczos", "robust_norm"]
+__all__ = [
+    "DENSE_MAX",
+    "FlatMap",
+    "Local",
+    "MapOutputError",
+    "dense_extremes",
+    "lanczos",
+    "robust_norm",
+]
+
+#: At or below this many coordinates the Jacobian is formed (one batched backward pass) and its
+#: extremes come from ``eigh``: exact, and cheaper than Lanczos at this size.
+DENSE_MAX = 256
 
 
 class MapOutputError(Exception):
@@ -133,6 +145,28 @@ class Local:
             return torch.zeros_like(self.value) if out is None else out.detach()
         return torch.func.jvp(self.fmap, (self.z,), (v,))[1].detach()
 
+    def dense(self) -> Tensor:
+        """The full Jacobian ``J`` (rows = outputs), from one batched backward pass where the
+        map allows it (``is_grads_batched``), else one backward pass per output coordinate."""
+        n = self.value.numel()
+        eye = torch.eye(n, dtype=self.value.dtype, device=self.value.device)
+        if self._graph:
+            try:
+                with torch.enable_grad():
+                    (rows,) = torch.autograd.grad(
+                        self._out,
+                        self._leaf,
+                        eye,
+                        retain_graph=True,
+                        is_grads_batched=True,
+                        allow_unused=True,
+                    )
+                if rows is not None:
+                    return rows.detach()
+            except (RuntimeError, NotImplementedError):
+                pass
+        return torch.stack([self.jt(e) for e in eye])
+
     def sym(self, v: Tensor) -> Tensor:
         """``(J + Jᵀ) v / 2``."""
         return 0.5 * (self.j(v) + self.jt(v))
@@ -224,4 +258,22 @@ def lanczos(
         steps=len(alphas),
         residual=0.0 if exhausted else residual,
         exhausted=exhausted,
+    )
+
+
+def dense_extremes(matrix: Tensor) -> Extremes:
+    """Exact extreme eigenpairs of a symmetric matrix (``eigh``), as :class:`Extremes`."""
+    if not bool(torch.isfinite(matrix).all()):
+        nan = torch.full(matrix.shape[:1], math.nan, dtype=matrix.dtype)
+        return Extremes(math.nan, math.nan, nan, nan, 0, math.nan, False)
+    top = float(matrix.abs().max()) or 1.0
+    evals, evecs = torch.linalg.eigh(matrix / top)
+    return Extremes(
+        float(evals[0]) * top,
+        float(evals[-1]) * top,
+        evecs[:, 0],
+        evecs[:, -1],
+        matrix.shape[0],
+        0.0,
+        True,
     )
