@@ -454,7 +454,7 @@ def _certify_impl(
 
     # -------- adversarial ascent (non-linear maps)
     ascent_notes: list[str] = []
-    if ascent_steps > 0 and not linear_ok and box > 0:
+    if ascent_steps > 0 and local_probes > 0 and not linear_ok and box > 0:
         local_found = [f for f in findings if f.other is None and math.isfinite(f.value)]
         if local_found and locals_:
             start = min(local_found, key=lambda f: kind.margin(f.value, claim))
@@ -825,8 +825,8 @@ def check_monotone(
         points: dual points (dicts name → tensor fitting the map); duplicates and near-duplicates
             are fine (skipped and counted). One point suffices when local certification is on.
         modulus: the :math:`\mu` to check; ``None`` uses :meth:`~MirrorMap.monotonicity_modulus`.
-        local_probes: Lanczos runs (random starts) per point; 0 turns local certification off
-            (pairs only).
+        local_probes: Lanczos runs (random starts) per point; 0 turns local certification and
+            the ascent off (the given pairs only).
         lanczos_steps: the most Lanczos steps per run (it stops once the extremes converge).
         ascent_steps: gradient steps of the adversarial search (0: none).
         rtol: relative tolerance; default :func:`default_rtol` of the dtype and size. The
