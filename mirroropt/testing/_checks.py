@@ -36,6 +36,7 @@ from mirroropt.maps._base import MirrorMap
 from mirroropt.maps._identity import Identity
 from mirroropt.testing._linalg import (
     DENSE_MAX,
+    Extremes,
     FlatMap,
     Local,
     MapOutputError,
@@ -317,6 +318,15 @@ def _certify_impl(
     op_name = "(J + J')/2" if kind.lower else "J'J"
 
     inverse = FlatMap(mirror_map, "to_dual") if kind.lower and mirror_map.has_to_dual else None
+    # a map one-to-one only on a subspace (``canonical_dual``, e.g. the entropic simplex map,
+    # flat along shifts) is certified on that subspace: (J + Jᵀ)/2 restricted to it
+    probe = torch.randn(flats[0].shape, generator=gen, dtype=dtype).to(flats[0])
+    projected = fmap.flat(mirror_map.canonical_dual(fmap.unflat(probe)))
+    proj: Callable[[Tensor], Tensor] | None = None
+    if kind.lower and not torch.equal(projected, probe):
+
+        def proj(x: Tensor) -> Tensor:
+            return fmap.flat(mirror_map.canonical_dual(fmap.unflat(x)))
 
     def inverse_start(z: Tensor) -> Tensor | None:
         """Top Ritz vector of the inverse map's symmetrized Jacobian at g(z): for a symmetric
@@ -338,14 +348,31 @@ def _certify_impl(
         local = Local(fmap, z)
         if fmap.numel <= DENSE_MAX:
             jac = local.dense()
-            return local, dense_extremes(0.5 * (jac + jac.T) if kind.lower else jac.T @ jac)
+            if proj is None:
+                return local, dense_extremes(0.5 * (jac + jac.T) if kind.lower else jac.T @ jac)
+            eye = torch.eye(fmap.numel, dtype=jac.dtype, device=jac.device)
+            pmat = torch.stack([proj(e) for e in eye], dim=1)
+            pvals, pvecs = torch.linalg.eigh(0.5 * (pmat + pmat.T))
+            basis = pvecs[:, pvals > 0.5]
+            sub = dense_extremes(basis.T @ (0.5 * (jac + jac.T)) @ basis)
+            return local, Extremes(
+                sub.low, sub.high, basis @ sub.low_vec, basis @ sub.high_vec, sub.steps, 0.0, True
+            )
         op = local.sym if kind.lower else local.gram
+        if proj is not None:
+            base_op = op
+
+            def op(v: Tensor) -> Tensor:
+                return proj(base_op(proj(v)))
+
         best = None
         hint = inverse_start(z) if start is None and hinted else None
         for r in range(max(local_probes, 1) if start is None else 1):
             s = start if start is not None else torch.randn(z.shape, generator=gen, dtype=dtype)
             if hint is not None and r == 0:
                 s = hint + 1e-3 * s / max(robust_norm(s), 1e-300)
+            if proj is not None:
+                s = proj(s.to(z))
             ext = lanczos(op, s.to(z), steps=steps or lanczos_steps, tol=eps**0.25)
             if best is None or (ext.low < best.low if kind.lower else ext.high > best.high):
                 best = ext
