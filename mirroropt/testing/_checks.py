@@ -547,8 +547,16 @@ def _certify_impl(
         )
     worst = max(findings, key=badness)
     passed = badness(worst) <= 0.0
+    pool = findings
+    if kind.lower and claim == 0.0:
+        # strict monotonicity is a property of pairs: a local quotient within rounding of 0
+        # (a flat direction of a strictly monotone map) is not a violation and not the measure
+        strict = [
+            f for f in findings if f.other is not None or math.isnan(f.value) or f.value + f.tol < 0
+        ]
+        pool = strict or findings
     if kind.lower:
-        measured = min((f.value for f in findings), default=math.nan)
+        measured = min((f.value for f in pool), default=math.nan)
     else:
         measured = max((f.value for f in findings), default=math.nan)
     if any(math.isnan(f.value) for f in findings):
@@ -845,7 +853,9 @@ def check_monotone(
     :math:`\langle\Delta z,\Delta g\rangle/\|\Delta z\|^2` over every separated pair, and a few
     gradient steps that push the worst of both further. With no modulus given or stated, the
     check requires monotonicity to within rounding (:math:`\ge -\text{tol}`): strictness itself
-    cannot be decided in floating point, and ``measured`` shows how far from 0 the map stays.
+    cannot be decided in floating point. ``measured`` is then the smallest pair ratio (local
+    quotients within rounding of 0 are flat directions, not violations), or the worst local
+    quotient if one violates.
 
     Args:
         mirror_map: the map under test (differentiable, for the local certificate).
