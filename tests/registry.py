@@ -14,6 +14,7 @@ import torch
 
 from mirroropt import maps
 from mirroropt.maps import BlockIAF, Diagonal, Identity, MirrorMap
+from mirroropt.models import Conv4
 
 #: Layer-like tensors: a conv kernel, its bias, a linear layer and a 0-d scalar.
 SHAPES: dict[str, torch.Size] = {
@@ -21,6 +22,14 @@ SHAPES: dict[str, torch.Size] = {
     "conv.bias": torch.Size((3,)),
     "fc.weight": torch.Size((4, 5)),
     "fc.bias": torch.Size((4,)),
+}
+
+
+#: A real few-shot backbone: Conv4-32 on 3×84×84 images, 5-way (``mirroropt.models.Conv4``):
+#: 32 901 coordinates, conv kernels (32, 32, 3, 3), norm vectors, and a (5, 800) head whose
+#: 800-wide mode is above ``Kronecker``'s default ``max_factor_size=512`` (the diagonal fallback).
+CONV4: dict[str, torch.Size] = {
+    n: p.shape for n, p in Conv4(5, width=32, image_size=84, in_channels=3).named_parameters()
 }
 
 
@@ -46,6 +55,12 @@ class MapCase:
         identity_init: ``make`` builds the map at an identity (gradient-descent) initialization;
             classical maps that are fixed and not the identity (entropic, p-norm) set False and
             are asserted NOT to reduce to gradient descent.
+        domain: the property kit certifies the map on points with entries in
+            ``[-domain, domain]`` (magnitudes log-uniform up to it; tests/testing/).
+        monotone_everywhere: the map is monotone on the whole ``domain`` (the unconstrained
+            ``BlockIAF`` is not, and the kit must say so).
+        kit_points: how many points the kit certifies at Conv4 sizes (``ConvexPotential``'s
+            Jacobian products cost ~0.1 s each there, so it gets one).
     """
 
     id: str
@@ -53,6 +68,9 @@ class MapCase:
     trained: Callable[[dict[str, torch.Size]], MirrorMap] | None = None
     bound: float = 4.0
     identity_init: bool = True
+    domain: float = 1e3
+    monotone_everywhere: bool = True
+    kit_points: int = 2
 
     def build_trained(self, shapes: dict[str, torch.Size]) -> MirrorMap:
         if self.trained is not None:
@@ -67,7 +85,12 @@ CASES: list[MapCase] = [
     # unconstrained flow: monotone only on a bounded box and for small cross-block weights (measured
     # on this box: at perturbation 0.1 its symmetrized Jacobian is already indefinite; never
     # monotone on all of R^d, see tests/maps/test_block_iaf.py)
-    MapCase("block_iaf", BlockIAF, trained=lambda s: perturbed(BlockIAF(s), scale=0.05)),
+    MapCase(
+        "block_iaf",
+        BlockIAF,
+        trained=lambda s: perturbed(BlockIAF(s), scale=0.05),
+        monotone_everywhere=False,
+    ),
     # monotone=True is strongly monotone by construction, even after a large perturbation
     MapCase(
         "block_iaf-monotone",
@@ -83,16 +106,20 @@ CASES: list[MapCase] = [
         "pnorm-1.5-per-tensor", lambda s: maps.PNorm(s, p=1.5, per="tensor"), identity_init=False
     ),
     MapCase("pnorm-3", lambda s: maps.PNorm(s, p=3.0), identity_init=False),
-    MapCase("entropic-orthant", maps.Entropic, identity_init=False),
+    # entropic maps: exp overflows float64 above 709, and softmax round trips lose entries more
+    # than ~700 below a slice's maximum (e^-700 underflows), so the kit's domain is ±50
+    MapCase("entropic-orthant", maps.Entropic, identity_init=False, domain=50.0),
     MapCase(
         "entropic-simplex",
         lambda s: maps.Entropic(s, domain="simplex"),
         identity_init=False,
+        domain=50.0,
     ),
     MapCase(
         "entropic-simplex-dim0",
         lambda s: maps.Entropic(s, domain="simplex", dim=0),
         identity_init=False,
+        domain=50.0,
     ),
     # convex by construction for any weights: test far from identity (every weight moved by N(0, 1))
     MapCase(
@@ -101,7 +128,10 @@ CASES: list[MapCase] = [
         lambda s: perturbed(maps.ElementwiseConvex(s), 1.0),
     ),
     MapCase(
-        "convex_potential", maps.ConvexPotential, lambda s: perturbed(maps.ConvexPotential(s), 1.0)
+        "convex_potential",
+        maps.ConvexPotential,
+        lambda s: perturbed(maps.ConvexPotential(s), 1.0),
+        kit_points=1,
     ),
     # MetaMiDA's Remark 1 form: sigmoid-bounded weights, same values at initialization
     MapCase(

@@ -51,7 +51,9 @@ def test_all_applicable_invariants_hold(case: MapCase) -> None:
         points = [g.canonical_dual(z) for z in points]  # where the map is one-to-one
         reports = check_map(g, points)
         assert all(r.passed for r in reports)
-        assert reports[0].measured > 0.0  # strictly monotone at least
+        # monotone at least; the local certificate measures λ_min((J+Jᵀ)/2), which is 0 up to
+        # rounding where a strictly (not strongly) monotone map is flat, e.g. PNorm at z_i = 0
+        assert reports[0].measured >= -reports[0].tolerance
 
     run()
 

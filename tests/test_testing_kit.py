@@ -22,8 +22,15 @@ from mirroropt.testing import (
     check_monotone,
     check_reduces_to_gd,
     check_round_trip,
+    sample_points,
 )
-from mirroropt.testing.strategies import dual_points, param_dicts, shape_dicts
+from mirroropt.testing.strategies import (
+    dual_points,
+    param_dicts,
+    point_lists,
+    points_for,
+    shape_dicts,
+)
 from tests.registry import perturbed
 
 SHAPES = {"w": (2,)}
@@ -63,7 +70,7 @@ def test_kit_catches_a_non_monotone_map() -> None:
     bad = Rotation(2.0)  # 115°: ⟨z, Rz⟩ = cos θ |z|² < 0
     with pytest.raises(
         PropertyError,
-        match=r"\[FAIL\] Rotation: strictly monotone|\[FAIL\] Rotation: strongly monotone",
+        match=r"\[FAIL\] Rotation: strictly monotone \(to rounding\): measured -0\.416\d* < bound 0",
     ) as info:
         check_monotone(bad, POINTS, modulus=0.0)
     assert info.value.report.measured == pytest.approx(math.cos(2.0))
@@ -74,7 +81,7 @@ def test_kit_catches_a_non_monotone_map() -> None:
 def test_kit_catches_a_wrong_lipschitz_claim_and_a_non_gradient_field() -> None:
     rot = Rotation(0.3, scale=2.0)  # monotone, Lipschitz 2 (claims 1), not symmetric
     assert check_monotone(rot, POINTS).measured == pytest.approx(2 * math.cos(0.3))
-    with pytest.raises(PropertyError, match=r"Lipschitz: measured 2 \(bound 1\)"):
+    with pytest.raises(PropertyError, match=r"Lipschitz: measured 2 > bound 1 \(tolerance"):
         check_lipschitz(rot, POINTS)
     assert check_lipschitz(rot, POINTS, constant=2.0).passed
     with pytest.raises(PropertyError, match=r"gradient field"):
@@ -115,10 +122,8 @@ def test_reports_are_readable_and_can_be_returned_instead_of_raised() -> None:
 
 
 def test_kit_argument_errors() -> None:
-    with pytest.raises(
-        ValueError, match=r"at least 2 distinct dual points, got 2 points and no distinct pair"
-    ):
-        check_monotone(Identity(SHAPES), POINTS[:1] * 2)
+    with pytest.raises(ValueError, match=r"`points` must hold at least 1 dual point, got 0"):
+        check_monotone(Identity(SHAPES), [])
     with pytest.raises(
         ValueError, match=r"`constant` is required: Bare states no Lipschitz constant"
     ):
@@ -132,6 +137,16 @@ def test_kit_argument_errors() -> None:
         check_round_trip(Bare(SHAPES), POINTS)
     with pytest.raises(ValueError, match=r"`points\[1\]\['w'\]` has shape \(3,\)"):
         check_monotone(Identity(SHAPES), [POINTS[0], {"w": torch.zeros(3)}])
+    with pytest.raises(TypeError, match=r"`points` must be a sequence of dual points"):
+        check_monotone(Identity(SHAPES), POINTS[0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`lanczos_steps` must be an int ≥ 0, got -1"):
+        check_monotone(Identity(SHAPES), POINTS, lanczos_steps=-1)
+
+
+def test_duplicate_points_are_fine() -> None:
+    """Was a ValueError; duplicates now are skipped and counted, the local certificate stands."""
+    report = check_monotone(Identity(SHAPES), POINTS[:1] * 2)
+    assert report.passed and "1 duplicates skipped" in report.detail
 
 
 @given(dual_points({"a": (2, 3), "b": ()}, bound=2.5))
@@ -144,17 +159,94 @@ def test_dual_points_are_bounded_and_shaped(z: dict[str, Tensor]) -> None:
 def test_param_dicts_fit_maps_built_from_them(phi: dict[str, Tensor]) -> None:
     g = Diagonal(phi).double()
     g.check_fits(phi, argument="phi")
-    assert 1 <= len(phi) <= 2
+    assert 1 <= len(phi) <= 4  # up to two layers, each a weight and maybe a bias
 
 
-@given(shape_dicts(max_tensors=3, max_dims=2, max_side=3))
-def test_shape_dicts_are_small(shapes: dict[str, tuple[int, ...]]) -> None:
-    assert all(len(s) <= 2 and all(1 <= d <= 3 for d in s) for s in shapes.values())
+@given(shape_dicts(max_layers=4, max_numel=4096))
+def test_shape_dicts_are_layer_like_and_within_budget(shapes: dict[str, tuple[int, ...]]) -> None:
+    assert sum(math.prod(s) for s in shapes.values()) <= 4096 + 4 * 256
+    for s in shapes.values():
+        assert len(s) in (0, 1, 2, 4)
+        if len(s) == 4:
+            assert s[2] == s[3] and s[2] in (1, 3, 5)  # conv kernels (C_out, C_in, k, k)
 
 
-def test_dual_points_rejects_a_non_positive_bound() -> None:
-    with pytest.raises(ValueError, match=r"`bound` must be positive, got 0"):
+def test_shape_dicts_reach_wide_linear_layers_and_conv_kernels() -> None:
+    seen: set[str] = set()
+
+    @given(shape_dicts(max_layers=3, max_numel=8192))
+    def run(shapes: dict[str, tuple[int, ...]]) -> None:
+        for s in shapes.values():
+            if len(s) == 2 and s[1] > 512:
+                seen.add("wide")
+            if len(s) == 4:
+                seen.add("conv")
+            if len(s) == 0:
+                seen.add("scalar")
+
+    run()
+    assert seen == {"wide", "conv", "scalar"}
+
+
+def test_dual_points_spread_magnitudes_over_the_domain() -> None:
+    tops: list[float] = []
+
+    @given(dual_points({"w": (64,)}))
+    def run(z: dict[str, Tensor]) -> None:
+        tops.append(float(z["w"].abs().max()))
+
+    run()
+    positive = [t for t in tops if t > 0]
+    assert max(tops) <= 1e3 and max(positive) > 10 and min(positive) < 0.1
+
+
+@given(point_lists({"w": (3,), "b": ()}, min_size=2, max_size=4))
+def test_point_lists_are_distinct_by_construction(points: list[dict[str, Tensor]]) -> None:
+    flats = [torch.cat([p["w"], p["b"].reshape(1)]) for p in points]
+    for i in range(len(flats)):
+        for j in range(i):
+            assert not torch.equal(flats[i], flats[j])
+
+
+def test_points_for_uses_the_models_own_shapes_and_dtype() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Linear(4, 600)).float()
+
+    @given(points_for(model))
+    def run(points: list[dict[str, Tensor]]) -> None:
+        assert points[0]["0.weight"].shape == (3, 2, 3, 3) and points[0]["1.weight"].shape == (
+            600,
+            4,
+        )
+        assert points[0]["0.bias"].dtype == torch.float32 and len(points) >= 2
+
+    run()
+    simplex = mo.maps.Entropic({"w": (4,)}, domain="simplex")
+
+    @given(points_for(simplex, bound=5.0))
+    def projected(points: list[dict[str, Tensor]]) -> None:
+        assert all(abs(float(p["w"].sum())) < 1e-9 for p in points)  # canonical_dual applied
+
+    projected()
+
+
+def test_strategy_and_sampler_argument_errors() -> None:
+    with pytest.raises(ValueError, match=r"`bound` must be a positive finite number, got 0"):
         dual_points({"a": (1,)}, bound=0)
+    with pytest.raises(ValueError, match=r"`smallest` must be in \(0, bound=1\], got 2"):
+        dual_points({"a": (1,)}, bound=1.0, smallest=2.0)
+    with pytest.raises(ValueError, match=r"`min_size` and `max_size` must satisfy"):
+        point_lists({"a": (1,)}, min_size=3, max_size=2)
+    with pytest.raises(ValueError, match=r"`n` must be a positive int, got 0"):
+        sample_points({"a": (1,)}, n=0)
+
+
+def test_sample_points_are_seeded_distinct_and_bounded() -> None:
+    a = sample_points({"w": (4, 3, 3, 3), "b": (4,)}, n=5, seed=7, bound=50.0)
+    b = sample_points({"w": (4, 3, 3, 3), "b": (4,)}, n=5, seed=7, bound=50.0)
+    assert all(torch.equal(x["w"], y["w"]) for x, y in zip(a, b))
+    assert all(float(p["w"].abs().max()) <= 50.0 for p in a)
+    flats = [torch.cat([p["w"].reshape(-1), p["b"]]) for p in a]
+    assert all(not torch.equal(flats[i], flats[j]) for i in range(5) for j in range(i))
 
 
 class TurnsBack(mo.MirrorMap):
@@ -165,15 +257,13 @@ class TurnsBack(mo.MirrorMap):
         return {"w": w - 3.0 * torch.exp(-(w**2)) * w}
 
 
-def test_local_probes_catch_what_far_apart_pairs_miss() -> None:
+def test_local_certificate_catches_what_far_apart_pairs_miss() -> None:
     g = TurnsBack(SHAPES)
     far = _pts([5.0, 5.0], [-5.0, -5.0], [5.0, -5.0], [0.0, 0.0])
-    assert check_monotone(g, far, local_probes=0).passed  # every pair is far apart: looks fine
-    with pytest.raises(
-        PropertyError, match=r"smallest v'Jv/\|v\|\^2 over 4 points x 2 directions: -2"
-    ):
+    assert check_monotone(g, far, local_probes=0).passed  # the pairs alone: looks fine
+    with pytest.raises(PropertyError, match=r"measured -2 < bound 0.*at z = points\[3\]"):
         check_monotone(g, far)  # at z = 0 the Jacobian is −2·I
-    with pytest.raises(ValueError, match=r"`local_probes` must be ≥ 0, got -1"):
+    with pytest.raises(ValueError, match=r"`local_probes` must be an int ≥ 0, got -1"):
         check_monotone(g, far, local_probes=-1)
 
 
