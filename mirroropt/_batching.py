@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from mirroropt._utils import NonFiniteError, is_transformed
+
 __all__ = ["map_tasks", "uses_batch_statistics"]
 
 
@@ -41,6 +43,7 @@ def map_tasks(
     *tasks: Tensor,
     model: nn.Module | None,
     strategy: Literal["auto", "vmap", "loop"] = "auto",
+    check_finite: bool = True,
 ) -> Any:
     """Apply ``fn`` to each task (slice ``i`` of every tensor in ``tasks``) and stack the results.
 
@@ -56,6 +59,11 @@ def map_tasks(
         model: the model ``fn`` runs (checked for batch-statistics layers); pass ``None`` only if
             ``fn`` uses no such layer.
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        check_finite: raise :class:`~mirroropt.NonFiniteError` if an output of a task is not
+            finite (every path: under ``vmap`` the inner checks of :func:`mirroropt.adapt` cannot
+            run, so the stacked outputs are checked once the transform returns, and the first
+            offending task is re-run eagerly to name the inner step where it went wrong).
+            Skipped when ``map_tasks`` itself runs under an outer ``torch.func`` transform.
 
     Returns:
         ``fn``'s outputs stacked along a new leading dimension of size B (same structure).
@@ -63,6 +71,8 @@ def map_tasks(
     Raises:
         ValueError: on an unknown ``strategy``, no tasks, unequal leading sizes, or
             ``strategy="vmap"`` with a model that uses batch statistics.
+        NonFiniteError: (a ``ValueError``) with ``check_finite``, naming the task and, where the
+            inner loop reports it, the step and tensors that are not finite.
 
     Example:
         >>> import torch
@@ -87,9 +97,53 @@ def map_tasks(
             f"put BatchNorm in eval mode with running statistics, or use GroupNorm/LayerNorm."
         )
     if strategy == "vmap" or (strategy == "auto" and not offending):
-        return torch.func.vmap(fn)(*tasks)
-    outputs = [fn(*(t[i] for t in tasks)) for i in range(int(sizes[0]))]  # type: ignore[arg-type]
-    return _stack(outputs)
+        return _checked(torch.func.vmap(fn)(*tasks), fn, tasks, check_finite, rerun=True)
+    outputs = [_task(fn, tasks, i) for i in range(int(sizes[0]))]  # type: ignore[arg-type]
+    return _checked(_stack(outputs), fn, tasks, check_finite, rerun=False)
+
+
+def _task(fn: Callable[..., Any], tasks: Sequence[Tensor], i: int) -> Any:
+    """``fn`` on task ``i``; an inner non-finite error is re-raised naming the task."""
+    try:
+        return fn(*(t[i] for t in tasks))
+    except NonFiniteError as error:
+        raise NonFiniteError(f"Task {i} of {tasks[0].shape[0]}: {error}") from error
+
+
+def _checked(
+    out: Any, fn: Callable[..., Any], tasks: Sequence[Tensor], check: bool, *, rerun: bool
+) -> Any:
+    """The check a transform disables, run after it returns: every task's outputs are finite.
+
+    On failure the first offending task is re-run eagerly (``rerun``, the ``vmap`` path), where
+    :func:`mirroropt.adapt`'s own checks name the inner step; otherwise the outputs are named.
+    """
+    leaves = [t for t in _leaves(out) if t.is_floating_point() or t.is_complex()]
+    if not check or not leaves or is_transformed(leaves):
+        return out
+    n = tasks[0].shape[0]
+    with torch.no_grad():
+        ok = torch.stack([torch.isfinite(t.reshape(n, -1)).all(dim=1) for t in leaves]).all(0)
+    bad = [i for i, good in enumerate(ok.tolist()) if not good]
+    if not bad:
+        return out
+    if rerun:
+        _task(fn, tasks, bad[0])  # raises with the inner step where the check can see it
+    raise NonFiniteError(
+        f"`fn` returned a non-finite value for task(s) {bad} of {n} (the inner gradients were "
+        f"finite where checked): check the query data, the loss and `lr`, or pass "
+        f"check_finite=False to let it through."
+    )
+
+
+def _leaves(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [leaf for o in out for leaf in _leaves(o)]
+    if isinstance(out, dict):
+        return [leaf for o in out.values() for leaf in _leaves(o)]
+    return []
 
 
 def _stack(outputs: Sequence[Any]) -> Any:

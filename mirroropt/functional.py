@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mirroropt._types import LR, Params
-from mirroropt._utils import is_transformed
+from mirroropt._utils import NonFiniteError, is_transformed
 from mirroropt.maps._base import MirrorMap
 
 __all__ = ["Trajectory", "adapt", "adapt_trajectory", "init", "step", "to_primal"]
@@ -340,7 +340,7 @@ def _check_finite(grads: Mapping[str, Tensor], what: str) -> None:
         ok = torch.stack([torch.isfinite(t).all() for t in tensors])
         if not bool(ok.all()):
             bad = [n for n, good in zip(grads, ok.tolist()) if not good]
-            raise ValueError(
+            raise NonFiniteError(
                 f"{what} is not finite for {bad}; check the loss, the inputs and `lr` (or pass "
                 f"check_finite=False to let it through)."
             )
