@@ -175,7 +175,7 @@ class ConvexPotential(MirrorMap):
     def _tensor_potential(self, name: str, z: Tensor) -> Tensor:
         mu, in0, bias0, mix, in1, bias1, out = self._weights(name)
         shape = self.shapes[name]
-        rows = z.reshape(shape[0] if len(shape) > 0 else 1, -1)
+        rows = z.reshape(shape[0] if len(shape) > 0 else 1, math.prod(shape[1:]))  # 0-size too
         x = torch.stack(
             [
                 rows,
@@ -316,7 +316,7 @@ class ConvexPotential(MirrorMap):
             bounds = []
             for name in self.shapes:
                 mu, in0, _, mix, in1, _, out = self._weights(name)
-                n0, n1, nw = (torch.linalg.matrix_norm(m, ord=2) for m in (in0, in1, mix))
+                n0, n1, nw = (torch.linalg.matrix_norm(m.double(), ord=2) for m in (in0, in1, mix))
                 hess = 0.25 * (out.max() * (nw * n0 + n1) ** 2 + (mix.T @ out).max() * n0**2)
                 bounds.append(float(mu + FEATURES * hess))
             return max(bounds)
