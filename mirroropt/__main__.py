@@ -59,6 +59,18 @@ def _map_name(text: str) -> str:
     return text
 
 
+def _map_kwarg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with VALUE as JSON, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(
+            f'expected KEY=VALUE with VALUE as JSON (true, 8, 0.5, "name"), got {text!r}'
+        ) from None
+
+
 def _benchmark_name(text: str) -> str:
     from mirroropt.workflow import BENCHMARKS
 
@@ -105,9 +117,24 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=_positive_int, default=32, help="Conv4 channels")
     g.add_argument("--norm", choices=("batch", "group"), default="batch")
     g.add_argument("--data-root", default="", help="Omniglot / miniImageNet folder")
+    g.add_argument(
+        "--fontglot",
+        default="",
+        metavar="PATH",
+        help="a FontGlot-format .npz (manifest beside it, checksum verified) instead of the "
+        "shipped one",
+    )
     g = p.add_argument_group("inner loop and meta-training")
     g.add_argument(
         "--map", type=_map_name, default="identity", help="a name in mirroropt.maps.MAPS"
+    )
+    g.add_argument(
+        "--map-kwarg",
+        action="append",
+        default=[],
+        type=_map_kwarg,
+        metavar="KEY=VALUE",
+        help="a keyword of the map's constructor, VALUE as JSON (e.g. monotone=true); repeatable",
     )
     g.add_argument("--steps", type=_nonneg_int, default=5, help="inner steps K")
     g.add_argument("--lr", type=_positive_float, default=0.01, help="inner step size α")
@@ -125,6 +152,12 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         default=1e-3,
         help="meta step size β (the cap with --meta-step adaptive)",
     )
+    g.add_argument(
+        "--map-meta-lr",
+        type=_positive_float,
+        default=None,
+        help="meta step size of the map's parameters (own param group; default: --meta-lr)",
+    )
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument(
         "--meta-step",
@@ -140,6 +173,19 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         help="query: MAML/MetaMiDA query loss; metamd: MetaMD regret bound",
     )
     g.add_argument("--seed", type=_nonneg_int, default=0)
+    g.add_argument(
+        "--init-from",
+        default="",
+        metavar="CKPT",
+        help="start from this checkpoint's initialization φ₀ (e.g. a MAML run, for MetaMD)",
+    )
+    g.add_argument(
+        "--val-every",
+        type=_nonneg_int,
+        default=0,
+        help="meta-validate every N iterations and keep the best checkpoint (0: never)",
+    )
+    g.add_argument("--val-tasks", type=_positive_int, default=100, help="meta-validation tasks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,15 +234,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     _add_common(p)
 
-    p = sub.add_parser("reproduce", help="the table of docs/results.md (resumable)")
-    p.add_argument("--out", default="runs/reproduce")
-    p.add_argument("--iterations", type=_positive_int, default=200)
-    p.add_argument("--sinusoid-iterations", type=_positive_int, default=2000)
-    p.add_argument("--eval-tasks", type=_positive_int, default=300)
-    p.add_argument("--width", type=_positive_int, default=32)
-    p.add_argument("--norm", choices=("batch", "group"), default="group")
-    p.add_argument("--settings", nargs="*", default=None)
-    p.add_argument("--methods", nargs="*", default=None)
+    p = sub.add_parser(
+        "reproduce",
+        help="the evidence of docs/results.md: every method, several seeds (resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from mirroropt.workflow._reproduce import METHODS, SETTINGS, Protocol
+
+    d = Protocol()
+    p.add_argument("--out", default="runs/evidence", help="runs folder (shared by workers)")
+    p.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=d.iterations,
+        help="meta-iterations per FontGlot run (may grow on a folder)",
+    )
+    p.add_argument("--sinusoid-iterations", type=_positive_int, default=d.sinusoid_iterations)
+    p.add_argument("--seeds", type=_nonneg_int, nargs="+", default=list(d.seeds))
+    p.add_argument(
+        "--grid",
+        type=_positive_float,
+        nargs="+",
+        default=list(d.grid),
+        help="map meta step sizes tried on the first seed (chosen on meta-validation)",
+    )
+    p.add_argument("--val-every", type=_positive_int, default=d.val_every)
+    p.add_argument("--val-tasks", type=_positive_int, default=d.val_tasks)
+    p.add_argument("--eval-tasks", type=_positive_int, default=d.eval_tasks)
+    p.add_argument("--width", type=_positive_int, default=d.width)
+    p.add_argument("--norm", choices=("batch", "group"), default=d.norm)
+    p.add_argument(
+        "--fontglot",
+        default="",
+        metavar="PATH",
+        help="a FontGlot-format .npz instead of the shipped one",
+    )
+    p.add_argument(
+        "--settings",
+        nargs="*",
+        default=None,
+        help=f"any of {', '.join(s.key for s in SETTINGS)} (default: all)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help=f"any of {', '.join(m.key for m in METHODS)} (default: all)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="parallel worker processes, one torch thread each",
+    )
+    p.add_argument(
+        "--publish",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/results.md and DIR/img/*.png (e.g. docs)",
+    )
     _add_common(p)
     return parser
 
@@ -227,6 +323,12 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         objective=args.objective,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        map_kwargs=dict(args.map_kwarg),
+        map_meta_lr=args.map_meta_lr,
+        init_from=args.init_from,
+        fontglot=args.fontglot,
+        val_every=args.val_every,
+        val_tasks=args.val_tasks,
     )
 
 
@@ -243,9 +345,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     (out / "history.json").write_text(json.dumps(run.history))
     plot_training({cfg.map: run.history}, out / "training.png")
     print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
+    if run.validation:
+        print(f"selected iteration {run.best_iteration} (meta-val {run.best_value:.4f} at k = K)")
     if args.eval_tasks:
         result = evaluate(
-            run.learner,
+            run.best_learner(),
             run.benchmark,
             lr=cfg.lr,
             steps=args.max_steps,
@@ -333,18 +437,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mirroropt.workflow._reproduce import reproduce
+    from mirroropt.workflow._reproduce import Protocol, reproduce
 
-    path = reproduce(
-        args.out,
+    protocol = Protocol(
         iterations=args.iterations,
         sinusoid_iterations=args.sinusoid_iterations,
+        seeds=tuple(args.seeds),
+        grid=tuple(args.grid),
+        val_every=args.val_every,
+        val_tasks=args.val_tasks,
         eval_tasks=args.eval_tasks,
         width=args.width,
         norm=args.norm,
+        fontglot=args.fontglot,
+    )
+    command = "python -m mirroropt " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    path = reproduce(
+        args.out,
+        protocol,
         settings=args.settings,
         methods=args.methods,
+        workers=args.workers,
         progress=not args.no_progress,
+        publish=args.publish,
+        command=command,
     )
     print(path.read_text())
     return 0
@@ -353,6 +469,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m mirroropt`` and the ``mirroropt`` console script."""
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     import torch
 
     torch.set_num_threads(args.threads)

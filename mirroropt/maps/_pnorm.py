@@ -198,6 +198,25 @@ class PNorm(MirrorMap):
         )
         return {n: t.reshape(s) for (n, s), t in zip(self.shapes.items(), parts)}
 
+    def potential(self, z: Mapping[str, Tensor]) -> Tensor:
+        r"""The potential :math:`h^*(z) = \tfrac12\|z\|_q^2` (a sum over tensors with
+        ``per="tensor"``), a scalar tensor; :meth:`to_primal` is its gradient.
+
+        Example:
+            >>> import torch
+            >>> PNorm({"w": torch.zeros(2)}, p=2).potential({"w": torch.tensor([3.0, 4.0])})
+            tensor(12.5000)
+        """
+        q = {n: self._conjugate(p) for n, p in self.exponents.items()}
+        if self.per == "tensor":
+            groups = [(z[n].reshape(-1), q[n]) for n in self.shapes]
+        else:
+            (exponent,) = set(q.values())
+            groups = [(torch.cat([z[n].reshape(-1) for n in self.shapes]), exponent)]
+        return torch.stack(
+            [0.5 * torch.linalg.vector_norm(flat, ord=r) ** 2 for flat, r in groups]
+        ).sum()
+
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
         return self._map(z, dual_side=True)
 

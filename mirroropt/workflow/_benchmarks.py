@@ -82,7 +82,11 @@ class Benchmark:
 def _fontglot(cfg: Any) -> Benchmark:
     from mirroropt.data import load_fontglot
 
-    return _episodic(cfg, "fontglot", load_fontglot, image_size=28)
+    path = getattr(cfg, "fontglot", "") or None
+    bench = _episodic(cfg, "fontglot", lambda split: load_fontglot(split, path=path), image_size=28)
+    if path is not None:  # verify a user's file (checksum, arrays) before any work
+        load_fontglot("train", path=path)
+    return bench
 
 
 def _omniglot(cfg: Any) -> Benchmark:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -47,6 +48,19 @@ class TrainConfig:
         objective: ``"query"`` (MAML / MetaMiDA) or ``"metamd"`` (regret bound, no query data).
         seed: seeds the model/map initialization and every task batch.
         checkpoint_every: iterations between checkpoints (0: only at the end).
+        map_kwargs: keyword arguments for the map's constructor (e.g. ``{"monotone": True}``
+            for :class:`~mirroropt.maps.BlockIAF`); JSON values.
+        map_meta_lr: the meta step size of the map's parameters (their own param group);
+            ``None``: ``meta_lr``. Adam moves a parameter by about its step size per iteration
+            whatever its scale, so a map parameterized in log-space (``Diagonal``'s
+            ρ = log d) needs its own value to move at all within a budget.
+        init_from: a checkpoint whose initialization φ₀ this run starts from (e.g.
+            a MAML run for MetaMD); ``""``: the seeded initialization.
+        fontglot: a FontGlot-format ``.npz`` (manifest beside it, checksum verified) instead of
+            the shipped one; ``""``: the shipped file.
+        val_every: meta-validate every this many iterations (0: never) on ``val_tasks`` tasks of
+            the meta-validation split at k = K, keeping the best checkpoint (``best.pt``).
+        val_tasks: meta-validation tasks (the same tasks at every evaluation and for every run).
     """
 
     benchmark: str = "fontglot"
@@ -72,6 +86,12 @@ class TrainConfig:
     objective: Literal["query", "metamd"] = "query"
     seed: int = 0
     checkpoint_every: int = 0
+    map_kwargs: dict[str, Any] = field(default_factory=dict)
+    map_meta_lr: float | None = None
+    init_from: str = ""
+    fontglot: str = ""
+    val_every: int = 0
+    val_tasks: int = 100
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,7 +108,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        for name in ("steps", "seed", "checkpoint_every"):
+        for name in ("steps", "seed", "checkpoint_every", "val_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
@@ -96,6 +116,32 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
                 raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+        if (
+            isinstance(self.val_tasks, bool)
+            or not isinstance(self.val_tasks, int)
+            or (self.val_tasks < 2)
+        ):
+            raise ValueError(f"`val_tasks` must be an int ≥ 2, got {self.val_tasks!r}.")
+        if self.map_meta_lr is not None and not (
+            isinstance(self.map_meta_lr, (int, float))
+            and not isinstance(self.map_meta_lr, bool)
+            and 0 < self.map_meta_lr < math.inf
+        ):
+            raise ValueError(
+                f"`map_meta_lr` must be None or a positive finite number, got {self.map_meta_lr!r}."
+            )
+        if not isinstance(self.map_kwargs, dict) or not all(
+            isinstance(k, str) for k in self.map_kwargs
+        ):
+            raise ValueError(f"`map_kwargs` must be a dict with str keys, got {self.map_kwargs!r}.")
+        for name in ("init_from", "fontglot"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"`{name}` must be a path string, got {getattr(self, name)!r}.")
+        if self.fontglot and self.benchmark != "fontglot":
+            raise ValueError(
+                f"`fontglot` is a FontGlot file; it needs benchmark='fontglot', got "
+                f"{self.benchmark!r}."
+            )
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"`momentum` must lie in [0, 1), got {self.momentum!r}.")
         if self.meta_optimizer not in ("adam", "sgd"):
@@ -161,10 +207,65 @@ class MetaLearner(nn.Module):
             return dict(self.model.named_parameters()), None
         return None, {n: self.z0[key_of(n)] for n in self.names}
 
+    def init_parameters(self) -> list[nn.Parameter]:
+        """The initialization's parameters: the backbone's φ₀, or the dual initialization z₀."""
+        return list(self.model.parameters() if self.z0 is None else self.z0.parameters())
+
     def meta_parameters(self) -> list[nn.Parameter]:
         """The parameters meta-training updates (backbone or z₀, and the map)."""
-        init = self.model.parameters() if self.z0 is None else self.z0.parameters()
-        return [*init, *self.mirror_map.parameters()]
+        return [*self.init_parameters(), *self.mirror_map.parameters()]
+
+    def param_groups(
+        self, *, meta_lr: float, map_meta_lr: float | None = None, train_init: bool = True
+    ) -> list[dict[str, Any]]:
+        """Param groups for a meta-optimizer: ``"init"`` (φ₀ or z₀) at ``meta_lr`` and ``"map"``
+        at ``map_meta_lr`` (default ``meta_lr``); ``train_init=False`` leaves φ₀ out (MetaMD).
+
+        Each group records its name and ``lr_ratio`` (its step over ``meta_lr``), so a scheduler
+        that sets one meta step (:class:`mirroropt.workflow.AdaptiveMetaStep`) keeps the ratio.
+        """
+        map_lr = meta_lr if map_meta_lr is None else map_meta_lr
+        groups = []
+        if train_init:
+            groups.append(
+                {"params": self.init_parameters(), "lr": meta_lr, "name": "init", "lr_ratio": 1.0}
+            )
+        map_params = list(self.mirror_map.parameters())
+        if map_params:
+            groups.append(
+                {"params": map_params, "lr": map_lr, "name": "map", "lr_ratio": map_lr / meta_lr}
+            )
+        return groups
+
+    def initialization(self) -> Params:
+        """The primal initialization φ₀ (``g(z₀)`` for a learned dual initialization), detached."""
+        phi0, z0 = self.start()
+        with torch.no_grad():
+            phi = self.mirror_map.to_primal(z0) if z0 is not None else phi0
+        assert phi is not None
+        return {n: t.detach().clone() for n, t in phi.items()}
+
+    def set_initialization(self, phi0: Params) -> None:
+        """Start from φ₀: copy it into the backbone, and (learned z₀) set z₀ = ∇h(φ₀).
+
+        Raises:
+            ValueError: if ``phi0`` does not have the backbone's names and shapes.
+        """
+        own = dict(self.model.named_parameters())
+        if set(phi0) != set(own) or any(phi0[n].shape != own[n].shape for n in own):
+            raise ValueError(
+                "`init_from` must come from a run with the same backbone (names and shapes); got "
+                f"{sorted((n, tuple(t.shape)) for n, t in phi0.items())[:3]}... vs "
+                f"{sorted((n, tuple(t.shape)) for n, t in own.items())[:3]}..."
+            )
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(phi0[n])
+            if self.z0 is not None:
+                solve = getattr(self.mirror_map, "solve_dual", None)
+                z = solve(phi0) if callable(solve) else self.mirror_map.to_dual(phi0)
+                for n in self.names:
+                    self.z0[key_of(n)].copy_(z[n])
 
     def predict(self, phi: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, phi, (x,))
@@ -175,7 +276,12 @@ def build_learner(cfg: TrainConfig, benchmark: Benchmark) -> MetaLearner:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = benchmark.make_model()
-        mirror_map = MAPS[cfg.map](model)
+        try:
+            mirror_map = MAPS[cfg.map](model, **cfg.map_kwargs)
+        except TypeError as err:
+            raise ValueError(
+                f"`map_kwargs` {cfg.map_kwargs!r} do not fit map {cfg.map!r}: {err}"
+            ) from err
     learner = MetaLearner(model, mirror_map)
     if cfg.objective == "metamd":
         check_metamd_supported(mirror_map)
@@ -198,7 +304,8 @@ def meta_loss(
     :math:`L(\phi_K;\mathcal D_{val})`, :math:`\phi_K` from K mirror-descent steps on the
     support loss. ``objective="metamd"``: the mean of MetaMD's regret bound
     (:func:`~mirroropt.workflow.metamd_bound`) of the support trajectory; query data enters only
-    the logged metric, under ``no_grad``-equivalent detaching.
+    the logged metric, under ``no_grad``-equivalent detaching, and the initialization is
+    detached: the bound trains the map only (see :mod:`mirroropt.workflow.objectives`).
 
     Tasks are batched with :func:`mirroropt.map_tasks` (``vmap``, or a loop for BatchNorm).
 
@@ -206,6 +313,9 @@ def meta_loss(
         ``(objective, metric)``: scalar tensors, the first differentiable w.r.t. the learner.
     """
     phi0, z0 = learner.start()
+    if objective == "metamd":  # the bound trains the geometry, never φ₀ (or z₀)
+        phi0 = None if phi0 is None else {n: t.detach() for n, t in phi0.items()}
+        z0 = None if z0 is None else {n: t.detach() for n, t in z0.items()}
     mirror_map = learner.mirror_map
 
     def per_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:

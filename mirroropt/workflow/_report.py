@@ -50,29 +50,61 @@ def markdown_table(results: Mapping[str, EvalResult], *, steps: Sequence[int] | 
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike[str]) -> Path:
+def plot_curves(
+    results: Mapping[str, EvalResult],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    horizon: int | None = None,
+) -> Path:
     """Two panels: query metric vs inner step (MetaMiDA Fig. 2) and support (training) loss vs
-    step (Fig. 1), with 95% CI bands. Returns the PNG path."""
+    step (Fig. 1), with bands labelled "95% CI", accuracy in % (the tables' unit), integer step
+    ticks and a dashed marker at the training horizon K (``horizon``). Returns the PNG path."""
     plt = require_matplotlib()
-    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, r in results.items():
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
+    first = next(iter(results.values()))
+    scale = 100.0 if first.metric_name == "accuracy" else 1.0
+    for i, (label, r) in enumerate(results.items()):
         ks = list(range(r.steps + 1))
-        for ax, curve in ((ax_m, r.metric), (ax_l, r.support_loss)):
-            mean, half = curve["mean"], curve["ci95"]
-            ax.plot(ks, mean, marker="o", ms=3, label=label)
+        for ax, curve, factor in ((ax_m, r.metric, scale), (ax_l, r.support_loss, 1.0)):
+            mean = [factor * m for m in curve["mean"]]
+            half = [factor * h for h in curve["ci95"]]
+            (line,) = ax.plot(ks, mean, marker="o", ms=3, label=label)
             ax.fill_between(
                 ks,
                 [m - h for m, h in zip(mean, half)],
                 [m + h for m, h in zip(mean, half)],
-                alpha=0.2,
+                color=line.get_color(),
+                alpha=0.15,
+                label="95% CI" if i == 0 and ax is ax_m else None,
             )
-    first = next(iter(results.values()))
+    unit = " (%)" if first.metric_name == "accuracy" else ""
     ax_m.set(
-        xlabel="inner step k", ylabel=f"query {first.metric_name}", title="query metric vs steps"
+        xlabel="inner step k",
+        ylabel=f"query {first.metric_name}{unit}",
+        title=f"query {first.metric_name} vs inner steps",
     )
-    ax_l.set(xlabel="inner step k", ylabel="support loss", title="training loss vs steps")
+    ax_l.set(
+        xlabel="inner step k",
+        ylabel="support loss (log scale)",
+        title="support loss vs inner steps",
+    )
     ax_l.set_yscale("log")
-    ax_m.legend(fontsize=8)
+    for ax in (ax_m, ax_l):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if horizon is not None:
+            ax.axvline(
+                horizon,
+                color="grey",
+                ls="--",
+                lw=1,
+                label=f"training horizon K = {horizon}" if ax is ax_m else None,
+            )
+    ax_m.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     return _save(plt, fig, path)
 
 

@@ -14,11 +14,14 @@ import torch
 from torch import Tensor
 
 from mirroropt.workflow._benchmarks import Benchmark, build_benchmark, task_seed
+from mirroropt.workflow._evaluate import evaluate
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
 
 __all__ = [
+    "VAL_SEED",
     "AdaptiveMetaStep",
     "TrainResult",
+    "best_checkpoint_path",
     "load_checkpoint",
     "make_meta_optimizer",
     "save_checkpoint",
@@ -27,11 +30,22 @@ __all__ = [
 
 CHECKPOINT_FORMAT = 1
 
+#: Seed of the meta-validation tasks: the same tasks at every evaluation, in every run and seed.
+VAL_SEED = 2000
 
-def make_meta_optimizer(
-    cfg: TrainConfig, params: list[torch.nn.Parameter]
-) -> torch.optim.Optimizer:
-    """Adam, or SGD with Nesterov momentum (what MetaMiDA's authors used for their flow)."""
+
+def best_checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """Where :func:`train` keeps the best checkpoint by meta-validation: ``<stem>.best<suffix>``."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.best{path.suffix}")
+
+
+def make_meta_optimizer(cfg: TrainConfig, params: list[Any]) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum (what MetaMiDA's authors used for their flow).
+
+    ``params``: parameters or param groups (:meth:`MetaLearner.param_groups`); a group's own
+    ``lr`` wins over ``cfg.meta_lr``.
+    """
     if cfg.meta_optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.meta_lr)
     return torch.optim.SGD(params, lr=cfg.meta_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
@@ -55,7 +69,8 @@ class AdaptiveMetaStep:
 
     and :math:`\beta_0 = \beta_{\max}`. Using one batch for both gradients makes the difference
     reflect curvature rather than task sampling noise. It costs two extra meta-gradients per
-    iteration (3× a fixed step). The step is written into every param group's ``lr``.
+    iteration (3× a fixed step). The step is written into every param group's ``lr``, times the
+    group's ``lr_ratio`` (the map's meta step over the backbone's, see ``map_meta_lr``).
 
     Note:
         We could not obtain the text of Remark 3 itself; this is the estimator its description
@@ -114,13 +129,33 @@ class AdaptiveMetaStep:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the learner, its benchmark, and one log row per iteration."""
+    """What :func:`train` returns: the learner, its benchmark, and one log row per iteration.
+
+    Attributes:
+        validation: one row ``{"iteration", "value"}`` per meta-validation (``val_every``).
+        best_iteration, best_value: the selected iteration (best meta-validation metric at
+            k = K; the earliest on ties) and its value; ``0``/``nan`` without validation.
+        best_state: the learner's ``state_dict`` at ``best_iteration`` (``None`` without
+            validation); also saved as :func:`best_checkpoint_path` with a checkpoint.
+    """
 
     config: TrainConfig
     learner: MetaLearner
     benchmark: Benchmark
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    validation: list[dict[str, float]] = field(default_factory=list)
+    best_iteration: int = 0
+    best_value: float = math.nan
+    best_state: dict[str, Any] | None = None
+
+    def best_learner(self) -> MetaLearner:
+        """The learner at the selected iteration (the final one without validation)."""
+        if self.best_state is None:
+            return self.learner
+        learner = build_learner(self.config, self.benchmark)
+        learner.load_state_dict(self.best_state)
+        return learner
 
 
 def save_checkpoint(
@@ -132,9 +167,12 @@ def save_checkpoint(
     iteration: int,
     history: list[dict[str, float]],
     adaptive: AdaptiveMetaStep | None = None,
+    validation: list[dict[str, float]] | None = None,
+    best: dict[str, float] | None = None,
 ) -> None:
     """Write everything needed to resume exactly: backbone, map, dual init, meta-optimizer,
-    adaptive-step state, RNG state, iteration and log (atomically: temp file, then rename)."""
+    adaptive-step state, RNG state, iteration, log, meta-validation log and the best iteration
+    so far (atomically: temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -146,6 +184,8 @@ def save_checkpoint(
         "history": history,
         "adaptive": adaptive.state_dict() if adaptive is not None else None,
         "torch_rng": torch.get_rng_state(),
+        "validation": list(validation or []),
+        "best": dict(best or {}),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -217,8 +257,18 @@ def train(
         raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
     bench = benchmark if benchmark is not None else build_benchmark(cfg)
     learner = build_learner(cfg, bench)
-    params = learner.meta_parameters()
-    optimizer = make_meta_optimizer(cfg, params)
+    if cfg.init_from and not resume:
+        _, _, source = restore(load_checkpoint(cfg.init_from))
+        learner.set_initialization(source.initialization())
+    groups = learner.param_groups(
+        meta_lr=cfg.meta_lr, map_meta_lr=cfg.map_meta_lr, train_init=cfg.objective != "metamd"
+    )
+    params = [p for g in groups for p in g["params"]]
+    optimizer = make_meta_optimizer(cfg, groups)
+    validation: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    best_state: dict[str, Any] | None = None
+    best_path = best_checkpoint_path(checkpoint) if checkpoint is not None else None
     adaptive = (
         AdaptiveMetaStep(cfg.meta_lr, cfg.adaptive_scale) if cfg.meta_step == "adaptive" else None
     )
@@ -243,6 +293,9 @@ def train(
             adaptive.load_state_dict(payload["adaptive"])
         torch.set_rng_state(payload["torch_rng"])
         start, history = int(payload["iteration"]), list(payload["history"])
+        validation, best = list(payload.get("validation", [])), dict(payload.get("best", {}))
+        if best and best_path is not None and best_path.is_file():
+            best_state = load_checkpoint(best_path)["learner"]
 
     def objective(seed: int) -> tuple[Tensor, Tensor]:
         batch = bench.sample("train", seed, cfg.meta_batch)
@@ -270,7 +323,7 @@ def train(
 
             beta = adaptive.lr(params, grad_fn)
             for group in optimizer.param_groups:
-                group["lr"] = beta
+                group["lr"] = beta * group.get("lr_ratio", 1.0)
         optimizer.zero_grad(set_to_none=True)
         value, metric = objective(task_seed(cfg.seed, "train", it))
         value.backward()
@@ -288,15 +341,39 @@ def train(
                 loss=f"{sum(r['loss'] for r in recent) / len(recent):.4f}",
                 **{bench.metric_name[:3]: f"{sum(r['metric'] for r in recent) / len(recent):.3f}"},
             )
-        if checkpoint is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+        done = it + 1
+        if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.iterations):
+            score = meta_validate(learner, bench, cfg)
+            validation.append({"iteration": done, "value": score})
+            better = not best or (
+                score > best["value"] if bench.kind == "classification" else score < best["value"]
+            )
+            if better:
+                best = {"iteration": done, "value": score}
+                best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+                if best_path is not None:
+                    save_checkpoint(
+                        best_path,
+                        config=cfg,
+                        learner=learner,
+                        optimizer=optimizer,
+                        iteration=done,
+                        history=history,
+                        adaptive=adaptive,
+                        validation=validation,
+                        best=best,
+                    )
+        if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             save_checkpoint(
                 checkpoint,
                 config=cfg,
                 learner=learner,
                 optimizer=optimizer,
-                iteration=it + 1,
+                iteration=done,
                 history=history,
                 adaptive=adaptive,
+                validation=validation,
+                best=best,
             )
     seconds = time.perf_counter() - t0
     if checkpoint is not None:
@@ -308,8 +385,35 @@ def train(
             iteration=max(start, cfg.iterations),
             history=history,
             adaptive=adaptive,
+            validation=validation,
+            best=best,
         )
-    return TrainResult(cfg, learner, bench, history, seconds)
+    return TrainResult(
+        cfg,
+        learner,
+        bench,
+        history,
+        seconds,
+        validation=validation,
+        best_iteration=int(best.get("iteration", 0)),
+        best_value=float(best.get("value", math.nan)),
+        best_state=best_state,
+    )
+
+
+def meta_validate(learner: MetaLearner, benchmark: Benchmark, cfg: TrainConfig) -> float:
+    """Mean meta-validation metric at k = K (``cfg.val_tasks`` tasks of the ``"val"`` split,
+    seeded by :data:`VAL_SEED`, so every run and seed sees the same tasks)."""
+    result = evaluate(
+        learner,
+        benchmark,
+        lr=cfg.lr,
+        steps=cfg.steps,
+        tasks=cfg.val_tasks,
+        seed=VAL_SEED,
+        split="val",
+    )
+    return float(result.metric["mean"][-1])
 
 
 def _progress(iterable: range, enabled: bool, cfg: TrainConfig, start: int) -> Any:

@@ -253,3 +253,16 @@ def test_registry_and_errors() -> None:
     for bad in (1.0, 0.5, math.inf, math.nan):
         with pytest.raises(ValueError, match=r"`p` must be a number in \(1, inf\) or 'auto', got"):
             PNorm(SHAPES, p=bad)
+
+
+@pytest.mark.parametrize("per", ["all", "tensor"])
+@pytest.mark.parametrize("p", [1.5, 2.0, 3.0])
+def test_potential_gradient_is_to_primal(p: float, per: str) -> None:
+    from mirroropt.maps import PNorm
+
+    m = PNorm({"a": torch.zeros(3, 2), "b": torch.zeros(4)}, p=p, per=per)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
+    z = {n: torch.randn(s, generator=gen, dtype=torch.float64) for n, s in m.shapes.items()}
+    grads = torch.func.grad(m.potential)(z)
+    for n, g in m.to_primal(z).items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-12, atol=1e-14)

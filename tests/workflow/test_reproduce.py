@@ -1,36 +1,127 @@
-"""The reproduction driver: records every (setting, method), resumes, writes tables and plots."""
+"""The evidence protocol's driver: tuning on meta-validation, seeds, MetaMD from MAML's φ₀,
+tables with across-seed CIs and paired tests, claims, plots, resume and budget growth."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from mirroropt.workflow._reproduce import reproduce
+import pytest
+import torch
+
+from mirroropt.workflow import load_checkpoint
+from mirroropt.workflow._reproduce import Protocol, reproduce
+from mirroropt.workflow._stats import paired_t_test, seed_ci
+
+TINY = dict(
+    sinusoid_iterations=2,
+    seeds=(0, 1),
+    grid=(1e-3, 3e-2),
+    val_every=1,
+    val_tasks=2,
+    eval_tasks=3,
+    checkpoint_every=1,
+)
 
 
-def test_reproduce_records_tables_plots_and_skips_finished_runs(tmp_path: Path) -> None:
-    kwargs = dict(
-        iterations=1,
-        sinusoid_iterations=2,
-        eval_tasks=3,
+def _run(tmp_path: Path, **over: object) -> Path:
+    protocol = Protocol(**{**TINY, **over})  # type: ignore[arg-type]
+    return reproduce(
+        tmp_path,
+        protocol,
         settings=["sinusoid"],
-        methods=["identity", "diagonal"],
+        methods=["maml", "meta-sgd", "metamd"],
         progress=False,
+        command="python -m mirroropt reproduce (test)",
     )
-    table_path = reproduce(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def _rec(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / "sinusoid" / name / "record.json").read_text())
+
+
+def test_protocol_tunes_on_validation_runs_seeds_and_reports(tmp_path: Path) -> None:
+    table = _run(tmp_path).read_text()
     folder = tmp_path / "sinusoid"
-    records = {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
-    # a map name selects every row that uses the map: Meta-SGD and MetaMD both use "diagonal"
-    assert set(records) == {"identity-query.json", "diagonal-query.json", "diagonal-metamd.json"}
-    for rec in records.values():
-        assert rec["status"] == "ok" and rec["config"]["iterations"] == 2
-        assert set(rec["eval"]) == {"5", "10", "20"}  # the sinusoid row's three shot counts
-        assert len(rec["eval"]["10"]["metric"]["mean"]) == 11  # k = 0 … 10
-    table = table_path.read_text()
-    assert "| MAML (Identity) |" in table and "| Meta-SGD (Diagonal) |" in table
-    assert "| MetaMD (Diagonal, regret bound) |" in table
-    assert "Kronecker" not in table  # not chosen: not recorded
-    assert (tmp_path / "sinusoid.png").read_bytes()[:4] == b"\x89PNG"
-    stamp = (folder / "identity-query.json").stat().st_mtime_ns
-    reproduce(tmp_path, **kwargs)  # type: ignore[arg-type]
-    assert (folder / "identity-query.json").stat().st_mtime_ns == stamp  # finished runs are kept
+    # tuning: both grid values on seed 0; the chosen one (lowest val MSE) runs seed 1
+    grid = {v: _rec(tmp_path, f"meta-sgd/seed0-mlr{v:g}") for v in (1e-3, 3e-2)}
+    chosen = min(grid, key=lambda v: grid[v]["best_value"])
+    assert (folder / f"meta-sgd/seed1-mlr{chosen:g}/record.json").is_file()
+    other = 3e-2 if chosen == 1e-3 else 1e-3
+    assert not (folder / f"meta-sgd/seed1-mlr{other:g}").exists()
+    for rec in grid.values():
+        vals = [r["value"] for r in rec["validation"]]
+        assert rec["best_value"] == min(vals)
+        assert rec["best_iteration"] == rec["validation"][vals.index(min(vals))]["iteration"]
+        assert rec["config"]["map_meta_lr"] in (1e-3, 3e-2)
+    # MAML has nothing to tune; MetaMD starts from MAML's selected best checkpoint, same seed
+    maml1 = _rec(tmp_path, "maml/seed1")
+    assert maml1["config"]["map_meta_lr"] is None
+    md_grid = {v: _rec(tmp_path, f"metamd/seed0-mlr{v:g}") for v in (1e-3, 3e-2)}
+    md_chosen = min(md_grid, key=lambda v: md_grid[v]["best_value"])
+    md1 = _rec(tmp_path, f"metamd/seed1-mlr{md_chosen:g}")
+    assert md1["config"]["init_from"].endswith("sinusoid/maml/seed1/checkpoint.best.pt")
+    src = load_checkpoint(md1["config"]["init_from"])["learner"]
+    own = load_checkpoint(folder / f"metamd/seed1-mlr{md_chosen:g}/checkpoint.pt")["learner"]
+    for k, v in src.items():
+        if k.startswith("model."):
+            assert torch.equal(own[k], v), k  # φ₀ is MAML's and MetaMD never moved it
+    # the table: across-seed t interval and the paired test against MAML, recomputed here
+    out = json.loads((tmp_path / "results.json").read_text())
+    entry = out["settings"]["sinusoid"]["methods"]["10"]["meta-sgd"]
+    seeds = entry["per_seed"]
+    k5 = [seeds[s]["metric"]["mean"][5] for s in ("0", "1")]
+    assert entry["metric"]["mean"][5] == pytest.approx(seed_ci(k5)[0])
+    assert entry["metric"]["ci95"][5] == pytest.approx(seed_ci(k5)[1])
+    maml = out["settings"]["sinusoid"]["methods"]["10"]["maml"]["per_seed"]
+    expected = paired_t_test(k5, [maml[s]["metric"]["mean"][5] for s in ("0", "1")])
+    assert entry["paired_vs_maml"]["5"] == pytest.approx(expected)
+    assert "| Meta-SGD (Diagonal) | 2 |" in table and "## Claims of the seed papers" in table
+    assert "MetaMD converges faster without query data" in table
+    assert "python -m mirroropt reproduce (test)" in table
+    assert (tmp_path / "img" / "sinusoid.png").read_bytes()[:4] == b"\x89PNG"
+    # a rerun finds everything done and retrains nothing
+    stamp = (folder / "maml/seed0/record.json").stat().st_mtime_ns
+    _run(tmp_path)
+    assert (folder / "maml/seed0/record.json").stat().st_mtime_ns == stamp
+
+
+def test_budget_grows_by_resuming_and_the_protocol_is_fixed(tmp_path: Path) -> None:
+    small = dict(seeds=(0, 1), grid=(1e-3,))
+    protocol = Protocol(**{**TINY, **small})  # type: ignore[arg-type]
+    reproduce(tmp_path, protocol, settings=["sinusoid"], methods=["maml"], progress=False)
+    first = _rec(tmp_path, "maml/seed0")
+    grown = Protocol(**{**TINY, **small, "sinusoid_iterations": 3})  # type: ignore[arg-type]
+    reproduce(tmp_path, grown, settings=["sinusoid"], methods=["maml"], progress=False)
+    second = _rec(tmp_path, "maml/seed0")
+    assert [r["iteration"] for r in second["history"]] == [1, 2, 3]
+    assert second["history"][:2] == first["history"]  # continued, not restarted
+    assert len(second["segments"]) == 2
+    with pytest.raises(ValueError, match=r"holds a protocol that differs in \['eval_tasks'\]"):
+        reproduce(
+            tmp_path,
+            Protocol(**{**TINY, **small, "eval_tasks": 4}),  # type: ignore[arg-type]
+            settings=["sinusoid"],
+            methods=["maml"],
+            progress=False,
+        )
+    with pytest.raises(ValueError, match=r"`sinusoid_iterations` 2 is below the 3 already run"):
+        reproduce(tmp_path, protocol, settings=["sinusoid"], methods=["maml"], progress=False)
+
+
+def test_stale_lock_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:
+    protocol = Protocol(**{**TINY, "seeds": (0, 1), "grid": (1e-3,)})  # type: ignore[arg-type]
+    lock = tmp_path / "sinusoid" / "maml" / "seed0" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("999999999")  # no such process
+    reproduce(tmp_path, protocol, settings=["sinusoid"], methods=["maml"], progress=False)
+    assert _rec(tmp_path, "maml/seed0")["status"] == "ok" and not lock.exists()
+
+
+def test_unknown_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"`settings` \['nope'\] unknown"):
+        reproduce(tmp_path, Protocol(**TINY), settings=["nope"], progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`methods` \['nope'\] unknown"):
+        reproduce(tmp_path, Protocol(**TINY), methods=["nope"], progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`seeds` must be at least 2 distinct seeds"):
+        Protocol(seeds=(0,))
