@@ -139,7 +139,7 @@ def _load(source: Any, name: str, what: str) -> Any:
 
 def _is_text(sample: bytes) -> bool:
     try:
-        sample.decode("utf-8")
+        text = sample.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return True
+    return all(c.isprintable() or c in "\t\n\r" for c in text)

@@ -48,18 +48,16 @@ def check_map_applies(cfg: TrainConfig, bench: Benchmark) -> MetaLearner:
     parameters; a Conv4's weights are signed) is refused here, before any meta-iteration.
 
     Raises:
-        ValueError: ``--map NAME cannot be used with this backbone: <reason>``.
+        ValueError: ``--map NAME cannot be used on BENCHMARK: <reason>``.
     """
+    learner = build_learner(cfg, bench)
+    phi0, _ = learner.start()
     try:
-        learner = build_learner(cfg, bench)
-        phi0, _ = learner.start()
         if phi0 is not None:
             with torch.no_grad():
                 learner.mirror_map.to_dual(phi0)
     except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"--map {cfg.map} cannot be used with the {bench.name} backbone: {error}"
-        ) from None
+        raise ValueError(f"--map {cfg.map} cannot be used on {bench.name}: {error}") from None
     return learner
 
 
