@@ -203,13 +203,21 @@ def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(
     assert str(bad) in line and re.search(message, line), line
 
 
-def test_a_leftover_temp_file_is_cleaned(tmp_path: Path) -> None:
+def test_a_leftover_temp_file_is_cleaned_at_start(tmp_path: Path) -> None:
+    # Reproducer (issue 11): a 0-byte checkpoint.pt.tmp left by a killed write stayed (here: a
+    # resume that is then refused never reached a save that would have replaced it).
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "checkpoint.pt.tmp").write_bytes(b"")  # a write killed before its rename
     assert main(_train_argv(run, iterations=1)) == 0
-    assert not (run / "checkpoint.pt.tmp").exists()
-    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 1
+    tmp = run / "checkpoint.pt.tmp"
+    tmp.write_bytes(b"")  # a write killed before its rename
+    with pytest.raises(SystemExit) as exc:
+        main([*_train_argv(run, "--resume", iterations=2), "--lr", "0.2"])
+    assert re.search(r"fields \['lr'\] differ", _one_line_error(exc))
+    assert not tmp.exists()
+    tmp.write_bytes(b"")
+    assert main(_train_argv(run, "--resume", iterations=2)) == 0
+    assert not tmp.exists()
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 2
 
 
 # ------------------------------------------------------------------------------------------------
