@@ -397,8 +397,9 @@ def test_tensor_lr_must_be_scalar_or_exactly_the_tensors_shape() -> None:
     with pytest.raises(ValueError, match=r"`lr` must be a 0-d .* got shape \(4,\)"):
         mo.adapt(g_map, lambda p: p["b"].sum(), z, lr=torch.ones(4, dtype=torch.float64), steps=1)
     with pytest.raises(
-        ValueError, match=r"`lr\['b'\]` must be a 0-d \(scalar\) tensor or one of the tensor's "
-        r"shape \(4,\), got shape \(1, 4\)"
+        ValueError,
+        match=r"`lr\['b'\]` must be a 0-d \(scalar\) tensor or one of the tensor's "
+        r"shape \(4,\), got shape \(1, 4\)",
     ):
         mo.step(g_map, z, grads, {"w": 0.1, "b": torch.ones(1, 4, dtype=torch.float64)})
     per_coordinate = {

@@ -184,7 +184,9 @@ def test_resume_is_order_independent_for_a_map_without_to_dual() -> None:
     model = mlp()
     g_map = perturbed(ConvexPotential(model, hidden=2), scale=0.3)
     gen = torch.Generator().manual_seed(2)
-    z0 = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in model.named_parameters()}
+    z0 = {
+        n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in model.named_parameters()
+    }
     opt = mo.MirrorDescent(model.named_parameters(), g_map, lr=0.02, z0=z0)
     _train(model, opt, 2, closure=False)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
@@ -227,9 +229,7 @@ def test_frozen_parameters_are_refused() -> None:
 
     model = mlp()
     model[4].requires_grad_(False)
-    with pytest.raises(
-        ValueError, match=r"`params` \['4.weight', '4.bias'\] do not require grad"
-    ):
+    with pytest.raises(ValueError, match=r"`params` \['4.weight', '4.bias'\] do not require grad"):
         mo.MirrorDescent(model.named_parameters(), BlockIAF(model).double(), lr=0.1)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = mo.MirrorDescent(trainable, Identity(dict(trainable)), lr=0.1)

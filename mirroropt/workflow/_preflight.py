@@ -38,7 +38,9 @@ def check_benchmark(bench: Benchmark) -> None:
         try:
             bench.sample(split, 0, 1)
         except ValueError as error:
-            raise ValueError(f"{bench.name}: the {split!r} split cannot serve tasks: {error}") from None
+            raise ValueError(
+                f"{bench.name}: the {split!r} split cannot serve tasks: {error}"
+            ) from None
 
 
 def check_map_applies(cfg: TrainConfig, bench: Benchmark) -> MetaLearner:

@@ -49,6 +49,7 @@ class TrainingInterrupted(RuntimeError):
         self.iteration = iteration
         self.checkpoint = checkpoint
 
+
 #: Seed of the meta-validation tasks: the same tasks at every evaluation, in every run and seed.
 VAL_SEED = 2000
 
@@ -447,7 +448,7 @@ def train(
 def _meta_step(
     it: int,
     objective: Callable[[int], tuple[Tensor, Tensor]],
-    params: list[Tensor],
+    params: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     adaptive: AdaptiveMetaStep | None,
     cfg: TrainConfig,

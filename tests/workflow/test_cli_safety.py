@@ -126,7 +126,12 @@ def test_save_checkpoint_refuses_non_finite_weights(tmp_path: Path) -> None:
     opt = torch.optim.Adam(run.learner.meta_parameters())
     with pytest.raises(mirroropt.NonFiniteError, match=r"not finite.*not written"):
         save_checkpoint(
-            tmp_path / "c.pt", config=cfg, learner=run.learner, optimizer=opt, iteration=1, history=[]
+            tmp_path / "c.pt",
+            config=cfg,
+            learner=run.learner,
+            optimizer=opt,
+            iteration=1,
+            history=[],
         )
     assert not (tmp_path / "c.pt").exists()
 
@@ -289,7 +294,9 @@ def test_entropic_map_is_refused_before_maml_trains(
     }[command] + ["--out", str(tmp_path / "o"), "--no-progress"]
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert re.search(r"--map entropic cannot be used on .*must be non-negative", _one_line_error(exc))
+    assert re.search(
+        r"--map entropic cannot be used on .*must be non-negative", _one_line_error(exc)
+    )
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
@@ -326,7 +333,9 @@ def test_resume_with_fewer_iterations_is_refused(tmp_path: Path) -> None:
     assert main(_train_argv(run, iterations=3)) == 0
     with pytest.raises(SystemExit) as exc:
         main([*_train_argv(run, iterations=2), "--resume"])
-    assert re.search(r"--iterations 2 is below the 3 iterations .* already holds", _one_line_error(exc))
+    assert re.search(
+        r"--iterations 2 is below the 3 iterations .* already holds", _one_line_error(exc)
+    )
     payload = load_checkpoint(run / "checkpoint.pt")
     assert payload["iteration"] == payload["config"]["iterations"] == 3
 
@@ -366,7 +375,9 @@ def test_reproduce_refuses_unknown_settings_and_methods(capsys: pytest.CaptureFi
 
 def _cli(*argv: str, driver: str = "") -> subprocess.Popen[str]:
     """``python -m mirroropt ARGV`` in a subprocess (``driver``: Python run first, to inject)."""
-    code = f"{driver}\nimport sys\nfrom mirroropt.__main__ import main\nsys.exit(main({list(argv)!r}))"
+    code = (
+        f"{driver}\nimport sys\nfrom mirroropt.__main__ import main\nsys.exit(main({list(argv)!r}))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
@@ -380,7 +391,9 @@ def _wait_started(proc: subprocess.Popen[str]) -> None:
     for line in proc.stdout:
         if line.startswith("training "):
             return
-    raise AssertionError(f"never started: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+    raise AssertionError(
+        f"never started: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}"
+    )
 
 
 #: Kill the process inside the Nth checkpoint write: after half the bytes reached the temp file
@@ -442,7 +455,9 @@ def test_fault_injection_resume_is_bit_identical_or_refused(tmp_path: Path) -> N
             _, err = proc.communicate(timeout=600)
             if proc.returncode != 0:  # (0: it had already finished)
                 assert proc.returncode == 128 + signal.SIGTERM, err
-                match = re.search(r"stopped by SIGTERM at iteration (\d+); checkpoint .* written", err)
+                match = re.search(
+                    r"stopped by SIGTERM at iteration (\d+); checkpoint .* written", err
+                )
                 assert match, err
                 payload = load_checkpoint(run / "checkpoint.pt")
                 assert payload["iteration"] == int(match[1]) >= before
