@@ -81,6 +81,20 @@ def _map_kwarg(text: str) -> tuple[str, Any]:
         ) from None
 
 
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    return text
+
+
 def _benchmark_name(text: str) -> str:
     from mirroropt.workflow import BENCHMARKS
 
@@ -100,6 +114,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "~10x slower; a run resumes only with the threads it was trained with)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        type=_device,
+        default="cpu",
+        help="cpu or cuda[:N]: where training and evaluation run (tasks are the same)",
+    )
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -339,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel worker processes, one torch thread each",
     )
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the report from what OUT holds",
+    )
+    p.add_argument(
         "--publish",
         default=None,
         metavar="DIR",
@@ -410,13 +435,13 @@ def _existing_run(ckpt: Path) -> str | None:
         return f"an unreadable {ckpt.name}: {error}"
 
 
-def _preflight(command: str, cfg: TrainConfig, bench: Any = None) -> Any:
+def _preflight(command: str, cfg: TrainConfig, bench: Any = None, device: Any = None) -> Any:
     """Build the benchmark and check it and the map before any work; one line if refused."""
     from mirroropt.workflow import build_benchmark
     from mirroropt.workflow._preflight import preflight
 
     try:
-        bench = bench if bench is not None else build_benchmark(cfg)
+        bench = bench if bench is not None else build_benchmark(cfg, device=device)
         preflight(cfg, bench)
     except (ValueError, TypeError, OSError) as error:
         raise _fail(command, error) from None
@@ -447,7 +472,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"--out {out} already holds a run ({existing}); pass --resume to continue it or "
             f"--overwrite to start over.",
         )
-    bench = _preflight("train", cfg)
+    bench = _preflight("train", cfg, device=args.device)
     if existing is not None:  # --overwrite: the old run goes only once the new one can start
         for old in (ckpt, best_checkpoint_path(ckpt), out / "history.json"):
             old.unlink(missing_ok=True)
@@ -462,6 +487,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             benchmark=bench,
             stop=stop,
+            device=args.device,
         )
     except TrainingInterrupted as stopped:
         print(
@@ -504,7 +530,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         payload = load_checkpoint(args.checkpoint)
     except (ValueError, OSError) as error:
         raise _fail("eval", error) from None
-    cfg, bench, learner = restore(payload)
+    cfg, bench, learner = restore(payload, device=args.device)
     label = args.label or f"{cfg.map} ({payload['iteration']} it.)"
     result = evaluate(
         learner,
@@ -574,7 +600,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mirroropt.workflow._reproduce import Protocol, reproduce
+    from mirroropt.workflow._reproduce import Protocol, reproduce, results_report
+
+    if args.report_only:
+        if not (Path(args.out) / "protocol.json").is_file():
+            raise SystemExit(f"mirroropt reproduce: error: {args.out} holds no protocol.json")
+        print(results_report(args.out, publish=args.publish).read_text())
+        return 0
 
     _out_dir("reproduce", args.out)
     protocol = Protocol(
@@ -599,6 +631,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         publish=args.publish,
         command=command,
+        device=args.device,
     )
     print(path.read_text())
     return 0

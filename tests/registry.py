@@ -103,4 +103,10 @@ CASES: list[MapCase] = [
     MapCase(
         "convex_potential", maps.ConvexPotential, lambda s: perturbed(maps.ConvexPotential(s), 1.0)
     ),
+    # MetaMiDA's Remark 1 form: sigmoid-bounded weights, same values at initialization
+    MapCase(
+        "convex_potential-sigmoid",
+        lambda s: maps.ConvexPotential(s, weights="sigmoid"),
+        lambda s: perturbed(maps.ConvexPotential(s, weights="sigmoid"), 1.0),
+    ),
 ]

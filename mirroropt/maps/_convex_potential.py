@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 import torch
 import torch.nn.functional as F
@@ -99,14 +99,31 @@ class ConvexPotential(MirrorMap):
     :meth:`dual_init` (which solves :math:`g(z_0) = \phi_0` with :meth:`solve_dual`) and passed as
     ``mirroropt.adapt(mirror_map, loss_fn, z=z0, ...)``.
 
+    **Bounded weights** (``weights="sigmoid"``, MetaMiDA's Remark 1). With softplus the weights
+    are unbounded, and so is the smoothness constant over meta-training. The paper's form squashes
+    them with a sigmoid: :math:`W = \tfrac1H\,\sigma(V) \in (0, \tfrac1H)`, :math:`v =
+    \tfrac2H\,\sigma(\rho) \in (0, \tfrac2H)`, and the signed skip weights
+    :math:`B_j = \tanh(\tilde B_j) = 2\sigma(2\tilde B_j) - 1 \in (-1, 1)` (the same values at
+    initialization as the softplus form). Then :math:`\|\nabla^2 F_t\|` is bounded by a constant
+    that depends on :math:`H` only, so :math:`L \le \mu_t + 3B_t` holds uniformly for every
+    weight setting (the bound :meth:`lipschitz_constant` reports is the same formula).
+
     Args:
         params: the tensors it acts on (a module, a mapping name → tensor/shape, or
             ``named_parameters()``).
         hidden: ICNN width :math:`H \ge 1`; parameters per tensor: :math:`H^2 + 9H + 1`.
+        weights: ``"softplus"`` (non-negative, unbounded) or ``"sigmoid"`` (bounded, the
+            paper's Remark 1).
+        init_scale: standard deviation of the skip weights :math:`B_0, B_1` at initialization
+            (seeded by torch's global RNG). ``0`` (default): exactly the identity, but the
+            curvature of :math:`F_t` is :math:`O(\|B\|^2)`, so its meta-gradient vanishes there
+            and only a translation of :math:`g` is learned to first order (exactly nothing with an
+            anchored start, see :class:`mirroropt.workflow.MetaLearner`). A small value (0.1)
+            starts next to the identity with a live curvature gradient.
 
     Raises:
         TypeError: if ``hidden`` is not an int.
-        ValueError: if ``hidden`` < 1.
+        ValueError: if ``hidden`` < 1 or ``weights`` is unknown.
 
     Example:
         >>> import torch
@@ -134,25 +151,45 @@ class ConvexPotential(MirrorMap):
     is_gradient_field: ClassVar[bool] = True
     is_linear: ClassVar[bool] = False
 
-    def __init__(self, params: Any, *, hidden: int = 8) -> None:
+    def __init__(
+        self,
+        params: Any,
+        *,
+        hidden: int = 8,
+        weights: Literal["softplus", "sigmoid"] = "softplus",
+        init_scale: float = 0.0,
+    ) -> None:
         super().__init__(params)
         if isinstance(hidden, bool) or not isinstance(hidden, int):
             raise TypeError(f"`hidden` must be an int, got {type(hidden).__name__}.")
         if hidden < 1:
             raise ValueError(f"`hidden` must be at least 1, got {hidden}.")
+        if weights not in ("softplus", "sigmoid"):
+            raise ValueError(f"`weights` must be 'softplus' or 'sigmoid', got {weights!r}.")
+        if not (isinstance(init_scale, (int, float)) and 0.0 <= init_scale < math.inf):
+            raise ValueError(f"`init_scale` must be a finite number ≥ 0, got {init_scale!r}.")
         self.hidden = hidden
+        self.weights = weights
         keys = [key_of(n) for n in self.shapes]
         h = hidden
-        # Output weights v = 1/H and hidden weights W ≈ 0.5/H (positive, via softplus); biases
-        # spread so that hidden units differ once the input weights leave zero.
-        out = math.log(math.expm1(1.0 / h))
-        mix = math.log(math.expm1(0.5 / h))
+        # Output weights v = 1/H and hidden weights W = 0.5/H (positive); biases spread so that
+        # hidden units differ once the input weights leave zero.
+        if weights == "softplus":
+            out, mix = math.log(math.expm1(1.0 / h)), math.log(math.expm1(0.5 / h))
+        else:  # v = (2/H)·σ(0), W = (1/H)·σ(0)
+            out, mix = 0.0, 0.0
         spread = torch.linspace(-1.0, 1.0, h)
         self.log_mu = nn.ParameterDict({k: nn.Parameter(torch.zeros(())) for k in keys})
-        self.in0 = nn.ParameterDict({k: nn.Parameter(torch.zeros(h, FEATURES)) for k in keys})
+
+        def skip() -> nn.Parameter:
+            return nn.Parameter(
+                init_scale * torch.randn(h, FEATURES) if init_scale else torch.zeros(h, FEATURES)
+            )
+
+        self.in0 = nn.ParameterDict({k: skip() for k in keys})
         self.bias0 = nn.ParameterDict({k: nn.Parameter(spread.clone()) for k in keys})
         self.raw_mix = nn.ParameterDict({k: nn.Parameter(torch.full((h, h), mix)) for k in keys})
-        self.in1 = nn.ParameterDict({k: nn.Parameter(torch.zeros(h, FEATURES)) for k in keys})
+        self.in1 = nn.ParameterDict({k: skip() for k in keys})
         self.bias1 = nn.ParameterDict({k: nn.Parameter(-spread) for k in keys})
         self.raw_out = nn.ParameterDict({k: nn.Parameter(torch.full((h,), out)) for k in keys})
 
@@ -162,6 +199,17 @@ class ConvexPotential(MirrorMap):
     def _weights(self, name: str) -> tuple[Tensor, ...]:
         """(μ, B0, c0, W ≥ 0, B1, c1, v ≥ 0) of one tensor's potential."""
         k = key_of(name)
+        if self.weights == "sigmoid":
+            h = self.hidden
+            return (
+                self.log_mu[k].exp(),
+                torch.tanh(self.in0[k]),
+                self.bias0[k],
+                torch.sigmoid(self.raw_mix[k]) / h,
+                torch.tanh(self.in1[k]),
+                self.bias1[k],
+                torch.sigmoid(self.raw_out[k]) * (2.0 / h),
+            )
         return (
             self.log_mu[k].exp(),
             self.in0[k],
@@ -322,7 +370,7 @@ class ConvexPotential(MirrorMap):
             return max(bounds)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, hidden={self.hidden}"
+        return f"{super().extra_repr()}, hidden={self.hidden}, weights={self.weights!r}"
 
 
 def _conjugate_gradient(matvec: Any, rhs: Tensor, steps: int) -> Tensor:

@@ -205,8 +205,13 @@ BENCHMARKS: dict[str, Callable[[Any], Benchmark]] = {
 }
 
 
-def build_benchmark(cfg: Any) -> Benchmark:
+def build_benchmark(cfg: Any, *, device: str | torch.device | None = None) -> Benchmark:
     """The :class:`Benchmark` named by ``cfg.benchmark`` (a :class:`TrainConfig`).
+
+    Args:
+        cfg: the run's configuration.
+        device: where sampled task batches live (default: the CPU, where they are drawn); the
+            tasks are the same on every device (they are drawn on the CPU from their seeds).
 
     Raises:
         ValueError: for an unknown name.
@@ -215,4 +220,13 @@ def build_benchmark(cfg: Any) -> Benchmark:
         raise ValueError(f"`benchmark` must be one of {sorted(BENCHMARKS)}, got {cfg.benchmark!r}.")
     bench = BENCHMARKS[cfg.benchmark](cfg)
     bench.info = {"n_way": cfg.n_way, "k_shot": cfg.k_shot, "q_query": cfg.q_query}
+    if device is not None and torch.device(device) != torch.device("cpu"):
+        draw, target = bench.sample, torch.device(device)
+
+        def sample(split: str, seed: int, tasks: int) -> TaskBatch:
+            b = draw(split, seed, tasks)
+            return TaskBatch(*(t.to(target, non_blocking=True) for t in b.tensors()))
+
+        bench.sample = sample
+        bench.info["device"] = str(target)
     return bench

@@ -124,7 +124,7 @@ def read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _load(source: Any, name: str, what: str) -> Any:
     try:
-        return torch.load(source, weights_only=True)
+        return torch.load(source, weights_only=True, map_location="cpu")
     except Exception as error:  # torch's messages are multi-line and advise unsafe loading
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "weights" in reason.lower():  # torch's advice to load unsafely: never repeat it

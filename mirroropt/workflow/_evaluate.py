@@ -96,13 +96,13 @@ def evaluate(
         raise ValueError(f"`batch_size` must be ≥ 1, got {batch_size}.")
     if steps < 0:
         raise ValueError(f"`steps` must be ≥ 0, got {steps}.")
-    mirror_map = learner.mirror_map
+    mirror_map = learner.inner_map()
+    phi0, z0 = learner.start()
 
     def per_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         def support_loss(phi: Params) -> Tensor:
             return benchmark.loss(learner.predict(phi, xs), ys)
 
-        phi0, z0 = learner.start()
         traj = adapt_trajectory(
             mirror_map, support_loss, phi0, z=z0, lr=lr, steps=steps, first_order=True
         )

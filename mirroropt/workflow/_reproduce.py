@@ -65,6 +65,8 @@ class Method:
         init_from: key of the method whose selected run (same setting and seed) gives this
             method's φ₀ (MetaMD starts from MAML's initialization and learns the geometry only).
         tune: grid-search the map meta step size (False: no map parameters).
+        start: ``"learned"`` (MetaMiDA's learned z₀) or ``"anchored"`` for maps without
+            ``to_dual`` (see :class:`mirroropt.workflow.MetaLearner`).
     """
 
     key: str
@@ -74,6 +76,7 @@ class Method:
     map_kwargs: tuple[tuple[str, Any], ...] = ()
     init_from: str = ""
     tune: bool = True
+    start: str = "learned"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,13 @@ METHODS: tuple[Method, ...] = (
         map_kwargs=(("monotone", True),),
     ),
     Method("convex-potential", "MetaMiDA convex potential", "convex_potential"),
+    Method(
+        "convex-potential-anchored",
+        "Convex potential, anchored at φ₀ (ours)",
+        "convex_potential",
+        map_kwargs=(("init_scale", 0.1),),
+        start="anchored",
+    ),
     Method(
         "metamd",
         "MetaMD (Diagonal, regret bound, φ₀ of MAML)",
@@ -223,6 +233,7 @@ def _config(protocol: Protocol, job: _Job, init_from: str) -> TrainConfig:
             "val_tasks": protocol.val_tasks,
             "checkpoint_every": protocol.checkpoint_every,
             "init_from": init_from,
+            "start": method.start,
         }
     )
 
@@ -317,7 +328,9 @@ class _Runs:
         (self.folder(job) / "lock").unlink(missing_ok=True)
 
 
-def _run_job(runs: _Runs, job: _Job, init_from: str, progress: bool) -> None:
+def _run_job(
+    runs: _Runs, job: _Job, init_from: str, progress: bool, device: str | None = None
+) -> None:
     protocol, folder = runs.protocol, runs.folder(job)
     cfg = _config(protocol, job, init_from)
     ckpt = folder / "checkpoint.pt"
@@ -325,7 +338,7 @@ def _run_job(runs: _Runs, job: _Job, init_from: str, progress: bool) -> None:
     segments = list(previous.get("segments", []))
     record: dict[str, Any] = {"method": job.method.label, "job": job.name}
     try:
-        run = train(cfg, checkpoint=ckpt, resume=ckpt.is_file(), progress=progress)
+        run = train(cfg, checkpoint=ckpt, resume=ckpt.is_file(), progress=progress, device=device)
         segments.append({"to": cfg.iterations, "seconds": run.seconds})
         learner = run.best_learner()
         evals, t0 = {}, time.perf_counter()
@@ -334,7 +347,7 @@ def _run_job(runs: _Runs, job: _Job, init_from: str, progress: bool) -> None:
             if shots != cfg.k_shot:
                 from mirroropt.workflow._benchmarks import build_benchmark
 
-                bench = build_benchmark(replace(cfg, k_shot=shots))
+                bench = build_benchmark(replace(cfg, k_shot=shots), device=device)
             result = evaluate(
                 learner,
                 bench,
@@ -377,6 +390,7 @@ def _worker(
     methods: Sequence[Method],
     progress: bool,
     threads: int | None = None,
+    device: str | None = None,
 ) -> None:
     if threads is not None:
         import torch
@@ -384,7 +398,10 @@ def _worker(
         torch.set_num_threads(threads)
     runs = _Runs(out, protocol)
     tried: set[str] = set()
+    parent = os.getppid()
     while True:
+        if threads is not None and os.getppid() != parent:
+            return  # the invoking process is gone: stop between jobs, never orphaned for long
         waiting, ran = False, False
         for job in list(runs.jobs(settings, methods)):
             if job.name in tried or runs.done(job):
@@ -398,7 +415,7 @@ def _worker(
                 continue
             try:
                 if not runs.done(job):  # another worker may have finished it meanwhile
-                    _run_job(runs, job, init_from, progress)
+                    _run_job(runs, job, init_from, progress, device)
                     tried.add(job.name)
                     ran = True
             finally:
@@ -436,6 +453,7 @@ def reproduce(
     progress: bool = True,
     publish: str | Path | None = None,
     command: str = "",
+    device: str | None = None,
 ) -> Path:
     """Run (or continue) the protocol in ``out_dir`` and write ``results.md``, ``results.json`` and
     one plot per setting under it (and, with ``publish``, ``<publish>/results.md`` with its plots
@@ -451,6 +469,8 @@ def reproduce(
         progress: progress bars.
         publish: a docs folder to copy the report into.
         command: the command line to print above the tables.
+        device: ``"cuda"`` to train and evaluate on a GPU (default the CPU); not part of the
+            protocol (a folder may be continued on another device).
 
     Returns:
         The path of ``results.md``.
@@ -476,24 +496,38 @@ def reproduce(
         raise ValueError(f"`workers` must be ≥ 1, got {workers}.")
     started = time.perf_counter()
     if workers == 1:
-        _worker(out, protocol, chosen_settings, chosen_methods, progress)
+        _worker(out, protocol, chosen_settings, chosen_methods, progress, device=device)
     else:
         import multiprocessing as mp
+        import signal
 
         ctx = mp.get_context("spawn")
         procs = [
             ctx.Process(
                 target=_worker,
-                args=(out, protocol, chosen_settings, chosen_methods, progress, 1),
+                args=(out, protocol, chosen_settings, chosen_methods, progress, 1, device),
+                daemon=True,
             )
             for _ in range(workers)
         ]
-        for i, p in enumerate(procs):
-            p.start()
-            if i + 1 < len(procs):
-                time.sleep(2.0)  # stagger: each worker claims a different first job
-        for p in procs:
-            p.join()
+
+        def stop(signum: int, _frame: Any) -> None:  # SIGTERM/SIGINT: stop the workers too
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            raise SystemExit(128 + signum)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for i, p in enumerate(procs):
+                p.start()
+                if i + 1 < len(procs):
+                    time.sleep(2.0)  # stagger: each worker claims a different first job
+            for p in procs:
+                p.join()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     log = out / "invocations.json"
     calls = json.loads(log.read_text()) if log.is_file() else []
     calls.append({"command": command, "seconds": time.perf_counter() - started, "workers": workers})
@@ -612,12 +646,10 @@ def _tuples(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _header(out: Path, protocol: Protocol, command: str) -> str:
-    calls = (
-        json.loads((out / "invocations.json").read_text())
-        if (out / "invocations.json").is_file()
-        else []
-    )
+    log = out / "invocations.json"
+    calls = json.loads(log.read_text()) if log.is_file() else []
     wall = sum(c["seconds"] for c in calls)
+    command = command or next((c["command"] for c in reversed(calls) if c["command"]), "")
     lines = [
         "# Results",
         "",
@@ -639,7 +671,14 @@ def _header(out: Path, protocol: Protocol, command: str) -> str:
         f"({len(calls)} invocation(s)).",
         "",
         "Cells: mean over seeds ± Student-t 95% CI across seeds (accuracy in %). Δ: paired "
-        "difference to MAML on the same seeds, with the paired t-test's p-value.",
+        "difference to MAML on the same seeds, with the paired t-test's p-value. A method whose "
+        "seeds are not all finished shows the seeds it has (the CI needs two). "
+        "`results.json` beside the runs holds every per-seed curve with its test-task CI.",
+        "",
+        "Reading these numbers: FontGlot's meta-test split is Ethiopic-heavy and easier than "
+        "Omniglot's (docs/data.md); budgets here are CPU budgets, far below the papers' 60k "
+        "iterations (`benchmarks/evidence_gpu.sh` runs that budget on a GPU); with three seeds "
+        "the t quantile is 4.30, so only large, consistent differences reach p < 0.05.",
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -755,7 +794,12 @@ def _status(runs: _Runs, setting: Setting, method: Method) -> str:
         rec = runs.record(job)
         if rec is not None and str(rec.get("status", "")).startswith("failed"):
             return f"failed ({rec['status'].splitlines()[0][8:100]})"
-    return "not run"
+    total = len(jobs) + len(runs.protocol.seeds) - 1
+    done = sum(runs.done(j) for j in jobs)
+    for seed in runs.protocol.seeds[1:]:
+        job = runs.final_job(setting, method, seed)
+        done += job is not None and runs.done(job)
+    return "not run" if done == 0 else f"{done} of {total} runs done"
 
 
 def _plot_setting(

@@ -175,7 +175,8 @@ class TrainResult:
             return self.learner
         learner = build_learner(self.config, self.benchmark)
         learner.load_state_dict(self.best_state)
-        return learner
+        device = next(iter(self.learner.parameters())).device
+        return learner.to(device)
 
 
 def save_checkpoint(
@@ -237,12 +238,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_payload(path)
 
 
-def restore(payload: dict[str, Any]) -> tuple[TrainConfig, Benchmark, MetaLearner]:
-    """Rebuild config, benchmark and learner (with trained weights) from a checkpoint payload."""
+def restore(
+    payload: dict[str, Any], *, device: str | torch.device | None = None
+) -> tuple[TrainConfig, Benchmark, MetaLearner]:
+    """Rebuild config, benchmark and learner (with trained weights) from a checkpoint payload
+    (on ``device``; default the CPU)."""
     cfg = TrainConfig.from_dict(payload["config"])
-    bench = build_benchmark(cfg)
+    bench = build_benchmark(cfg, device=device)
     learner = build_learner(cfg, bench)
     learner.load_state_dict(payload["learner"])
+    if device is not None:
+        learner.to(device)
     return cfg, bench, learner
 
 
@@ -255,6 +261,7 @@ def train(
     benchmark: Benchmark | None = None,
     log_every: int = 10,
     stop: threading.Event | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Meta-train ``cfg.iterations`` iterations (or the rest of them, with ``resume``).
 
@@ -274,6 +281,8 @@ def train(
         log_every: progress-bar refresh interval (iterations).
         stop: when this event is set (e.g. by a SIGTERM handler), finish the current
             iteration, write the checkpoint and raise :class:`TrainingInterrupted`.
+        device: where the learner and the task batches live (``"cuda"`` on a GPU; default the
+            CPU). Tasks and seeds are the same on every device; checkpoints are portable.
 
     Returns:
         A :class:`TrainResult`.
@@ -298,8 +307,10 @@ def train(
     if checkpoint is not None:
         remove_stale_temp(Path(checkpoint))
         remove_stale_temp(best_checkpoint_path(checkpoint))
-    bench = benchmark if benchmark is not None else build_benchmark(cfg)
+    bench = benchmark if benchmark is not None else build_benchmark(cfg, device=device)
     learner = build_learner(cfg, bench)
+    if device is not None:
+        learner.to(device)
     if cfg.init_from and not resume:
         _, _, source = restore(load_checkpoint(cfg.init_from))
         learner.set_initialization(source.initialization())
@@ -319,7 +330,8 @@ def train(
     if resume:
         assert checkpoint is not None
         payload = load_checkpoint(checkpoint)
-        saved = dict(payload["config"])
+        # fields added after the checkpoint was written take their defaults (older runs resume)
+        saved = TrainConfig.from_dict(dict(payload["config"])).to_dict()
         mine = cfg.to_dict()
         for key in ("iterations", "checkpoint_every"):
             saved.pop(key)

@@ -274,3 +274,22 @@ def test_functorch_meta_gradient_equals_autograd() -> None:
     flat_func = [*by_func[0].values(), *by_func[1].values()]
     assert max(float((a - b).abs().max()) for a, b in zip(flat_func, by_autograd)) < 1e-12
     assert min(float(a.abs().max()) for a in by_autograd) > 0
+
+
+def test_sigmoid_weights_match_softplus_at_init_and_stay_bounded() -> None:
+    shapes = {"w": torch.zeros(3, 4), "b": torch.zeros(3)}
+    soft = ConvexPotential(shapes).double()
+    sig = ConvexPotential(shapes, weights="sigmoid").double()
+    for name in shapes:
+        for a, b in zip(soft._weights(name), sig._weights(name)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)  # float32-stored raw weights
+    with torch.no_grad():  # push every raw weight far out: the paper's form stays bounded
+        for p in sig.parameters():
+            p.fill_(50.0)
+    with torch.no_grad():
+        _, in0, _, mix, in1, _, out = sig._weights("w")
+    h = sig.hidden
+    assert float(in0.abs().max()) <= 1.0 and float(in1.abs().max()) <= 1.0
+    assert float(mix.max()) <= 1.0 / h and float(out.max()) <= 2.0 / h
+    with pytest.raises(ValueError, match=r"`weights` must be 'softplus' or 'sigmoid', got 'relu'"):
+        ConvexPotential(shapes, weights="relu")  # type: ignore[arg-type]

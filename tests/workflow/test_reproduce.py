@@ -84,6 +84,14 @@ def test_protocol_tunes_on_validation_runs_seeds_and_reports(tmp_path: Path) -> 
     stamp = (folder / "maml/seed0/record.json").stat().st_mtime_ns
     _run(tmp_path)
     assert (folder / "maml/seed0/record.json").stat().st_mtime_ns == stamp
+    # the report alone, published into a docs folder, names the command that made the runs
+    from mirroropt.__main__ import main
+
+    docs = tmp_path / "docs"
+    assert main(["reproduce", "--out", str(tmp_path), "--report-only", "--publish", str(docs)]) == 0
+    published = (docs / "results.md").read_text()
+    assert "python -m mirroropt reproduce (test)" in published
+    assert (docs / "img" / "sinusoid.png").is_file()
 
 
 def test_budget_grows_by_resuming_and_the_protocol_is_fixed(tmp_path: Path) -> None:
