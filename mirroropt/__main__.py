@@ -217,6 +217,13 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         help="start from this checkpoint's initialization φ₀ (e.g. a MAML run, for MetaMD)",
     )
     g.add_argument(
+        "--start",
+        choices=("learned", "anchored"),
+        default="learned",
+        help="maps without to_dual: MetaMiDA's learned z0, or the backbone's φ₀ with the map "
+        "centred on it",
+    )
+    g.add_argument(
         "--val-every",
         type=_nonneg_int,
         default=0,
@@ -405,6 +412,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         fontglot=args.fontglot,
         val_every=args.val_every,
         val_tasks=args.val_tasks,
+        start=args.start,
     )
 
 

@@ -167,7 +167,8 @@ def adapt(
         first_order: treat the inner gradients as constants (first-order MAML); the meta-gradient
             still flows through the map.
         check_finite: in eager mode, raise if a gradient is not finite (ignored under transforms,
-            where data-dependent checks are impossible).
+            where data-dependent checks are impossible). The flags stay on the device during the
+            K steps and are read once after them (one host-device sync per call, none per step).
 
     Returns:
         :math:`\phi_K` as a dict name → tensor. With ``steps=0`` and ``phi`` given, ``phi`` itself.
@@ -251,22 +252,25 @@ def _run(
     g = mirror_map.prepared()  # hoists z-independent work (scales, factors) out of the K steps
     if phi is not None:
         z_k = init(mirror_map, phi)
-        phi_k = dict(phi)  # g(∇h(φ)) = φ exactly: skip the round trip (and its rounding)
+        phi_k = _alias(phi, steps)  # g(∇h(φ)) = φ exactly: skip the round trip (and its rounding)
     else:
         assert z is not None
         mirror_map.check_fits(z, argument="z")
-        z_k = dict(z)
+        z_k = _alias(z, steps)
         phi_k = g(z_k)
     names = mirror_map.names
     _check_lr(lr, mirror_map.shapes)
     grad_and_value = torch.func.grad_and_value(loss_fn)
     out = Trajectory([phi_k], [z_k], [], [])
-    for k in range(steps):
+    finite: list[Tensor] = []  # per-step flags, read once after the loop (one host-device sync)
+    for _ in range(steps):
         grads, loss = grad_and_value(phi_k)
         if first_order:
             grads = {n: t.detach() for n, t in grads.items()}
         if check_finite:
-            _check_finite(grads, f"The gradient of `loss_fn` at inner step {k}")
+            flags = _finite_flags([grads[n] for n in names])
+            if flags is not None:
+                finite.append(flags)
         z_k = _step(names, z_k, grads, lr)
         phi_k = g(z_k)
         if record:
@@ -274,9 +278,45 @@ def _run(
             out.z.append(z_k)
             out.losses.append(loss)
             out.grads.append(grads)
+    if finite:
+        _raise_unless_finite(finite, names)
     if not record:
         return Trajectory([phi_k], [z_k], [], [])
     return out
+
+
+def _finite_flags(tensors: list[Tensor]) -> Tensor | None:
+    """One bool per tensor, ``isfinite(t).all()``, on the device (no sync); None under vmap."""
+    if is_transformed(tensors):
+        return None
+    with torch.no_grad():
+        return torch.stack([torch.isfinite(t).all() for t in tensors])
+
+
+def _raise_unless_finite(finite: list[Tensor], names: tuple[str, ...]) -> None:
+    """Raise for the first inner step whose gradient had a non-finite entry (one sync)."""
+    flags = torch.stack(finite)
+    if bool(flags.all()):
+        return
+    rows = flags.tolist()
+    k = next(i for i, row in enumerate(rows) if not all(row))
+    bad = [n for n, good in zip(names, rows[k]) if not good]
+    raise NonFiniteError(
+        f"The gradient of `loss_fn` at inner step {k} is not finite for {bad}; check the loss, "
+        f"the inputs and `lr` (or pass check_finite=False to let it through)."
+    )
+
+
+def _alias(params: Mapping[str, Tensor], steps: int) -> Params:
+    """``dict(params)``; under a torch-function mode, views, so the mode sees the inputs.
+
+    :func:`mirroropt.map_tasks` with ``params`` substitutes meta-parameters whenever a torch
+    function receives them; a view lets it substitute them before ``torch.func.grad`` wraps them
+    (same values, no copy).
+    """
+    if steps and torch._C._is_torch_function_mode_enabled():
+        return {n: t.view_as(t) for n, t in params.items()}
+    return dict(params)
 
 
 def _step(

@@ -7,7 +7,7 @@ state :math:`(\phi, z)` and runs the shared model with :func:`torch.func.functio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, final
 
 import torch
@@ -119,7 +119,8 @@ class MirrorMAML(nn.Module):
             z0 = F.init(self.mirror_map, phi)
         else:
             z0 = dict(z)
-            phi = F.to_primal(self.mirror_map, z0)
+            self.mirror_map.check_fits(z0, argument="z")
+            phi = _cached_primal(self.mirror_map, None)[0](z0)
         return MirrorLearner(
             self.module,
             self.mirror_map,
@@ -164,6 +165,9 @@ class MirrorLearner:
         self.check_finite = check_finite
         self.phi = phi
         self.z = z
+        # mirror_map.prepared() (z-independent work: factor exponentials, scales), computed once
+        # per learner and reused by every adapt step while the map's parameters are unchanged
+        self._prepared: _Prepared | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return torch.func.functional_call(self.module, self.phi, args, kwargs)
@@ -202,7 +206,24 @@ class MirrorLearner:
         if self.check_finite:
             F._check_finite(grads, "The gradient of `loss`")
         self.z = F.step(self.mirror_map, self.z, grads, as_tensor_lr(self.lr, self.phi))
-        self.phi = F.to_primal(self.mirror_map, self.z)
+        self._prepared = _cached_primal(self.mirror_map, self._prepared)
+        self.phi = self._prepared[0](self.z)
+
+
+#: ``(mirror_map.prepared(), key)``: key = grad mode and the map parameters' version counters.
+_Prepared = tuple[Callable[[Mapping[str, Tensor]], Params], tuple[Any, ...]]
+
+
+def _cached_primal(mirror_map: MirrorMap, cached: _Prepared | None) -> _Prepared:
+    """``cached`` if the map is unchanged since it was prepared, else a fresh ``prepared()``.
+
+    In-place updates of the map's parameters (a meta-optimizer step) bump their version
+    counters, so a stale preparation is never reused.
+    """
+    key = (torch.is_grad_enabled(), *(p._version for p in mirror_map.parameters()))
+    if cached is not None and cached[1] == key:
+        return cached
+    return mirror_map.prepared(), key
 
 
 def MAML(model: nn.Module, lr: float | Tensor, *, first_order: bool = False) -> MirrorMAML:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from mirroropt import functional as F
 from mirroropt._optimizer import MirrorDescent
 from mirroropt.functional import _check_finite
+from mirroropt.integrations._learner import _cached_primal, _Prepared
 from mirroropt.integrations._torchfunc import as_tensor_lr
 from mirroropt.maps._base import MirrorMap
 
@@ -133,6 +134,7 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
             [names[p] for p in group["params"]] for group in other.param_groups
         ]
         self._started = False
+        self._prepared: _Prepared | None = None
 
     def _update(self, grouped_grads: list[list[Tensor | None]], **kwargs: Any) -> None:
         phi: dict[str, Tensor] = {}
@@ -157,7 +159,9 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
                 for pi, name in enumerate(group_names)
             }
         z_new = F.step(self.mirror_map, z, grads, as_tensor_lr(lrs, phi))
-        phi_new = F.to_primal(self.mirror_map, z_new)
+        # mirror_map.prepared() once per inner loop (per innerloop_ctx), not once per step
+        self._prepared = _cached_primal(self.mirror_map, self._prepared)
+        phi_new = self._prepared[0](z_new)
         for gi, (group, group_names) in enumerate(zip(self.param_groups, self._group_names)):
             for pi, name in enumerate(group_names):
                 z_k = z_new[name]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, final
 
 import torch
@@ -327,17 +327,35 @@ class BlockIAF(MirrorMap):
     # the map
 
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
+        return self.prepared()(z)
+
+    def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
+        r""":meth:`to_primal` with the z-independent work done once per inner loop.
+
+        That is :math:`\kappa` (spectral norms, ``monotone=True``) and the first block's scale and
+        shift, which have no context; later blocks depend on earlier ones' ``z``.
+        """
         kappa = self._kappa() if self.monotone else None
-        out: Params = {}
-        context: Tensor | None = None
-        for (name, shape), block in zip(self.shapes.items(), self._blocks()):
-            z_b = z[name]
-            scale, mu = self._affine(block, shape, context, kappa)
-            out[name] = z_b * scale + mu
-            if block.enc_out is not None:
-                e = self._encode(block, z_b)
-                context = e if context is None else context + e
-        return out
+        items = list(zip(self.shapes.items(), self._blocks()))
+        (_, first_shape), first_block = items[0]
+        first = self._affine(first_block, first_shape, None, kappa)
+
+        def to_primal(z: Mapping[str, Tensor]) -> Params:
+            out: Params = {}
+            context: Tensor | None = None
+            for (name, shape), block in items:
+                z_b = z[name]
+                if context is None:
+                    scale, mu = first  # only the first block runs without context
+                else:
+                    scale, mu = self._affine(block, shape, context, kappa)
+                out[name] = z_b * scale + mu
+                if block.enc_out is not None:
+                    e = self._encode(block, z_b)
+                    context = e if context is None else context + e
+            return out
+
+        return to_primal
 
     def to_dual(self, phi: Mapping[str, Tensor]) -> Params:
         kappa = self._kappa() if self.monotone else None

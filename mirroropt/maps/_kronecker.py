@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, cast, final
 
 import torch
@@ -201,8 +201,14 @@ class Kronecker(MirrorMap):
                 out[name][j] = a
         return out
 
-    def _precondition(self, params: Mapping[str, Tensor], inverse: bool) -> Params:
-        factor_lists = self._factor_lists(list(self.shapes), inverse)
+    def _precondition(
+        self,
+        params: Mapping[str, Tensor],
+        inverse: bool,
+        factor_lists: dict[str, list[Tensor]] | None = None,
+    ) -> Params:
+        if factor_lists is None:
+            factor_lists = self._factor_lists(list(self.shapes), inverse)
         out: Params = {}
         for name, shape in self.shapes.items():
             factors = factor_lists[name]
@@ -217,6 +223,19 @@ class Kronecker(MirrorMap):
 
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
         return self._precondition(z, inverse=False)
+
+    def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
+        r""":meth:`to_primal` with the factors :math:`A_j = \exp(\operatorname{sym} S_j)` computed once.
+
+        The matrix exponentials do not depend on ``z``; :func:`mirroropt.adapt` calls this once
+        per inner loop instead of once per step.
+        """
+        factor_lists = self._factor_lists(list(self.shapes), False)
+
+        def to_primal(z: Mapping[str, Tensor]) -> Params:
+            return self._precondition(z, False, factor_lists)
+
+        return to_primal
 
     def to_dual(self, phi: Mapping[str, Tensor]) -> Params:
         return self._precondition(phi, inverse=True)

@@ -797,8 +797,8 @@ def _status(runs: _Runs, setting: Setting, method: Method) -> str:
     total = len(jobs) + len(runs.protocol.seeds) - 1
     done = sum(runs.done(j) for j in jobs)
     for seed in runs.protocol.seeds[1:]:
-        job = runs.final_job(setting, method, seed)
-        done += job is not None and runs.done(job)
+        final = runs.final_job(setting, method, seed)
+        done += final is not None and runs.done(final)
     return "not run" if done == 0 else f"{done} of {total} runs done"
 
 

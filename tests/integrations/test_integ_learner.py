@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,6 +144,7 @@ def test_adapting_never_touches_the_model() -> None:
         "check_finite",
         "phi",
         "z",
+        "_prepared",  # a memo of mirror_map.prepared(), keyed on the map's parameter versions
     }
 
 
@@ -219,3 +222,41 @@ def test_diagonal_learner_is_meta_sgd_in_closed_form() -> None:
     learner.adapt(loss)
     expected = [p - LR * d * g for p, d, g in zip(model.parameters(), mirror_map.scales(), grads)]
     assert_close(list(learner.phi.values()), expected, rtol=1e-14)
+
+
+def test_prepared_map_is_reused_across_steps_and_refreshed_after_a_meta_step() -> None:
+    """The learner caches mirror_map.prepared() per task; an in-place meta-step invalidates it."""
+    from mirroropt.maps import Kronecker
+
+    model = make_model()
+    g_map = Kronecker(model).to(next(model.parameters()).dtype)
+    calls = []
+    original = g_map.prepared
+
+    def counting() -> Any:
+        calls.append(1)
+        return original()
+
+    g_map.prepared = counting  # type: ignore[method-assign]
+    maml = MirrorMAML(model, g_map, LR)
+    x_s, y_s, x_q, y_q = (t[0] for t in make_tasks())
+    learner = maml.clone()
+    for _ in range(STEPS):
+        learner.adapt(F.mse_loss(learner(x_s), y_s))
+    assert len(calls) == 1
+    reference = mirroropt.adapt(
+        g_map,
+        lambda p: F.mse_loss(torch.func.functional_call(model, p, (x_s,)), y_s),
+        dict(model.named_parameters()),
+        lr=LR,
+        steps=STEPS,
+    )
+    for n in reference:
+        torch.testing.assert_close(learner.phi[n], reference[n], rtol=1e-12, atol=1e-12)
+    F.mse_loss(learner(x_q), y_q).backward()
+    before = len(calls)
+    with torch.no_grad():
+        for p in g_map.parameters():
+            p.add_(0.01 * p.grad)  # type: ignore[operator]
+    learner.adapt(F.mse_loss(learner(x_s), y_s))
+    assert len(calls) == before + 1

@@ -1,0 +1,425 @@
+"""mirroropt against its peers: one meta-iteration, same model, data, K and meta-batch.
+
+One process, interleaved rounds: every round runs each method once, in the same order, and each
+method's time is divided by the hand-written ``torch.func`` vmap GD baseline's time *in the same
+round*; the table reports the median of those per-round ratios and the median time. On CPU the
+clock is the process's CPU time (run with one thread), which other jobs on a loaded machine
+barely move; on CUDA it is wall time between synchronizations. A meta-iteration is: adapt on the support set of every task for
+K second-order steps, query loss, ``backward()`` into the meta-parameters' ``.grad``.
+
+Methods:
+
+* ``torch.func vmap`` / ``torch.func loop``: hand-written MAML (``functional_call``, ``grad``,
+  ``{k: p - lr * g}``), vmapped over tasks or looped (with BatchNorm the vmapped one has *wrong*
+  meta-gradients on torch 2.13; it is timed as the floor only);
+* ``higher SGD``: ``higher.innerloop_ctx`` with ``torch.optim.SGD``, one backward per task;
+* ``TorchOpt MetaSGD``: ``torchopt.MetaSGD`` with ``extract/recover_state_dict``, one backward
+  per task (TorchOpt's MAML example);
+* ``mirroropt <map>``: ``mirroropt.adapt`` + ``mirroropt.map_tasks`` (with BatchNorm:
+  ``params=[model, map]``, the exact vmapped path; ``identity loop``: without ``params``);
+* ``via higher <map>``: ``higher.innerloop_ctx(model, mirroropt.integrations.higher.MirrorDescent)``;
+* ``via MirrorMAML <map>``: ``MirrorMAML(model, map).clone()`` + ``learner.adapt`` per task.
+
+Maps without ``to_dual`` (and the entropic map, whose domain the weights are not in) start from a
+learned dual point z0 where the front end allows it; ``higher`` cannot (``n/a``).
+
+    nice -n 5 env OMP_NUM_THREADS=1 python benchmarks/peers.py --rounds 5 --out peers_cpu.json
+    python benchmarks/peers.py --device cuda --width 64 --size 84 --channels 3   # see gpu.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as tnf
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+import mirroropt as mo
+from mirroropt.models import Conv4
+
+Tasks = tuple[Tensor, Tensor, Tensor, Tensor]
+Step = Callable[[], None]
+
+
+def make_tasks(args: argparse.Namespace, device: torch.device) -> Tasks:
+    gen = torch.Generator().manual_seed(0)
+    b, n_s, n_q = args.tasks, args.ways * args.shots, args.ways * args.queries
+    img = (args.channels, args.size, args.size)
+    xs = torch.randn(b, n_s, *img, generator=gen).to(device)
+    xq = torch.randn(b, n_q, *img, generator=gen).to(device)
+    ys = torch.arange(args.ways).repeat_interleave(args.shots).expand(b, n_s).to(device)
+    yq = torch.arange(args.ways).repeat_interleave(args.queries).expand(b, n_q).to(device)
+    return xs, ys, xq, yq
+
+
+def uses_z0(g_map: mo.MirrorMap) -> bool:
+    return not g_map.has_to_dual or isinstance(g_map, mo.maps.Entropic)
+
+
+# --------------------------------------------------------------------------------------------------
+# peers
+
+
+def torchfunc(model: nn.Module, tasks: Tasks, lr: float, steps: int, *, batched: bool) -> Step:
+    params = dict(model.named_parameters())
+
+    def inner(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
+        p = params
+        for _ in range(steps):
+            g = grad(lambda q: tnf.cross_entropy(functional_call(model, q, (x_s,)), y_s))(p)
+            p = {k: p[k] - lr * g[k] for k in p}
+        return tnf.cross_entropy(functional_call(model, p, (x_q,)), y_q)
+
+    def step() -> None:
+        if batched:
+            losses = vmap(inner)(*tasks)
+        else:
+            losses = torch.stack([inner(*(t[i] for t in tasks)) for i in range(len(tasks[0]))])
+        losses.mean().backward()
+
+    return step
+
+
+def higher_sgd(model: nn.Module, tasks: Tasks, lr: float, steps: int) -> Step:
+    import higher
+
+    inner_opt = torch.optim.SGD(model.parameters(), lr=lr)
+    b = len(tasks[0])
+
+    def step() -> None:
+        for i in range(b):
+            x_s, y_s, x_q, y_q = (t[i] for t in tasks)
+            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fm, opt):
+                for _ in range(steps):
+                    opt.step(tnf.cross_entropy(fm(x_s), y_s))
+                (tnf.cross_entropy(fm(x_q), y_q) / b).backward()
+
+    return step
+
+
+def torchopt_metasgd(model: nn.Module, tasks: Tasks, lr: float, steps: int) -> Step:
+    import torchopt
+
+    inner_opt = torchopt.MetaSGD(model, lr=lr)
+    b = len(tasks[0])
+
+    def step() -> None:
+        net_state = torchopt.extract_state_dict(model)
+        opt_state = torchopt.extract_state_dict(inner_opt)
+        for i in range(b):
+            x_s, y_s, x_q, y_q = (t[i] for t in tasks)
+            for _ in range(steps):
+                inner_opt.step(tnf.cross_entropy(model(x_s), y_s))
+            (tnf.cross_entropy(model(x_q), y_q) / b).backward()
+            torchopt.recover_state_dict(model, net_state)
+            torchopt.recover_state_dict(inner_opt, opt_state)
+
+    return step
+
+
+# --------------------------------------------------------------------------------------------------
+# mirroropt
+
+
+def functional(
+    model: nn.Module,
+    g_map: mo.MirrorMap,
+    z0: dict[str, Tensor],
+    tasks: Tasks,
+    lr: float,
+    steps: int,
+    *,
+    use_params: bool,
+    chunk_size: int | None = None,
+    first_order: bool = False,
+) -> Step:
+    params = dict(model.named_parameters())
+    meta: list[Any] = [model, g_map, z0] if use_params else []
+
+    def inner(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
+        support = lambda p: tnf.cross_entropy(functional_call(model, p, (x_s,)), y_s)  # noqa: E731
+        start: dict[str, Any] = {"z": z0} if z0 else {"phi": params}
+        phi = mo.adapt(
+            g_map, support, lr=lr, steps=steps, check_finite=False, first_order=first_order, **start
+        )
+        return tnf.cross_entropy(functional_call(model, phi, (x_q,)), y_q)
+
+    def step() -> None:
+        losses = mo.map_tasks(
+            inner, *tasks, model=model, params=meta or None, chunk_size=chunk_size
+        )
+        losses.mean().backward()
+
+    return step
+
+
+def via_higher(model: nn.Module, g_map: mo.MirrorMap, tasks: Tasks, lr: float, steps: int) -> Step:
+    import higher
+
+    from mirroropt.integrations.higher import MirrorDescent
+
+    inner_opt = MirrorDescent(model.named_parameters(), g_map, lr=lr, check_finite=False)
+    b = len(tasks[0])
+
+    def step() -> None:
+        for i in range(b):
+            x_s, y_s, x_q, y_q = (t[i] for t in tasks)
+            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fm, opt):
+                for _ in range(steps):
+                    opt.step(tnf.cross_entropy(fm(x_s), y_s))
+                (tnf.cross_entropy(fm(x_q), y_q) / b).backward()
+
+    return step
+
+
+def via_mirrormaml(
+    model: nn.Module,
+    g_map: mo.MirrorMap,
+    z0: dict[str, Tensor],
+    tasks: Tasks,
+    lr: float,
+    steps: int,
+) -> Step:
+    from mirroropt.integrations import MirrorMAML
+
+    maml = MirrorMAML(model, g_map, lr, check_finite=False)
+    b = len(tasks[0])
+
+    def step() -> None:
+        for i in range(b):
+            x_s, y_s, x_q, y_q = (t[i] for t in tasks)
+            learner = maml.clone(z=z0 or None)
+            for _ in range(steps):
+                learner.adapt(tnf.cross_entropy(learner(x_s), y_s))
+            (tnf.cross_entropy(learner(x_q), y_q) / b).backward()
+
+    return step
+
+
+# --------------------------------------------------------------------------------------------------
+# driver
+
+
+def build(
+    args: argparse.Namespace, norm: str, device: torch.device
+) -> dict[str, tuple[Step, list]]:
+    torch.manual_seed(0)
+    model = Conv4(
+        args.ways, in_channels=args.channels, width=args.width, norm=norm, image_size=args.size
+    ).to(device)
+    tasks = make_tasks(args, device)
+    lr, k = args.lr, args.steps
+    backbone = list(model.parameters())
+    methods: dict[str, tuple[Step, list]] = {
+        "torch.func vmap": (torchfunc(model, tasks, lr, k, batched=True), backbone),
+        "torch.func loop": (torchfunc(model, tasks, lr, k, batched=False), backbone),
+        "higher SGD": (higher_sgd(model, tasks, lr, k), backbone),
+        "TorchOpt MetaSGD": (torchopt_metasgd(model, tasks, lr, k), backbone),
+    }
+    exact = norm == "batch"  # the vmapped per-task meta-gradients (map_tasks(params=...))
+    for name in args.maps:
+        g_map = mo.maps.MAPS[name](model).to(device)
+        z0: dict[str, Tensor] = {}
+        if uses_z0(g_map):
+            z0 = {n: nn.Parameter(p.detach().clone()) for n, p in model.named_parameters()}
+        leaves = [*backbone, *g_map.parameters(), *z0.values()]
+        methods[f"mirroropt {name}"] = (
+            functional(model, g_map, z0, tasks, lr, k, use_params=exact, chunk_size=None),
+            leaves,
+        )
+        if name == "identity" and exact:
+            methods["mirroropt identity loop"] = (
+                functional(model, g_map, z0, tasks, lr, k, use_params=False),
+                leaves,
+            )
+        if name in args.integration_maps:
+            if not z0:
+                methods[f"via higher {name}"] = (via_higher(model, g_map, tasks, lr, k), leaves)
+            methods[f"via MirrorMAML {name}"] = (
+                via_mirrormaml(model, g_map, z0, tasks, lr, k),
+                leaves,
+            )
+        if name == "diagonal":
+            methods["mirroropt diagonal FO chunk 1"] = (
+                functional(
+                    model, g_map, z0, tasks, lr, k, use_params=exact, chunk_size=1, first_order=True
+                ),
+                leaves,
+            )
+    return methods
+
+
+def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    # CPU: process CPU time (one thread), which other jobs on a loaded machine barely move;
+    # CUDA: wall time between synchronizations.
+    clock = time.perf_counter if cuda else time.process_time
+    methods = build(args, norm, device)
+    names = list(methods)
+
+    def once(name: str) -> tuple[float, float | None]:
+        step, leaves = methods[name]
+        for p in leaves:
+            p.grad = None
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        start = clock()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = clock() - start
+        peak = float(torch.cuda.max_memory_allocated() - base) if cuda else None
+        return seconds, peak
+
+    for name in names:  # warm-up (and a check that every method runs)
+        once(name)
+    print(f"[{norm}] warmed up {len(names)} methods", file=sys.stderr, flush=True)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, float | None] = {}
+    for _ in range(args.rounds):
+        row = {}
+        for name in names:
+            row[name], peaks[name] = once(name)
+        for name in names:
+            times[name].append(row[name])
+            ratios[name].append(row[name] / row["torch.func vmap"])
+        print(f"[{norm}] round {len(times[names[0]])}/{args.rounds}", file=sys.stderr, flush=True)
+
+    def own_ratio(name: str) -> float | None:
+        """Integrations against their own GD: higher SGD, or MirrorMAML with the identity map."""
+        ref = (
+            "higher SGD"
+            if name.startswith("via higher")
+            else "via MirrorMAML identity"
+            if name.startswith("via MirrorMAML")
+            else None
+        )
+        if ref is None or ref not in times:
+            return None
+        return statistics.median(a / b for a, b in zip(times[name], times[ref]))
+
+    return {
+        name: {
+            "vs_own_gd": own_ratio(name),
+            "ms": 1e3 * statistics.median(times[name]),
+            "ratio": statistics.median(ratios[name]),
+            "ratio_min": min(ratios[name]),
+            "ratio_max": max(ratios[name]),
+            "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,  # type: ignore[operator]
+        }
+        for name in names
+    }
+
+
+def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    norms = list(results)
+    lines = [
+        f"Conv4-{args.width}, {args.size}×{args.size}×{args.channels}, {args.ways}-way "
+        f"{args.shots}-shot, {args.queries} queries, meta-batch {args.tasks}, K = {args.steps}, "
+        f"{args.device}, {args.rounds} interleaved rounds; ratio = median over rounds of the "
+        f"method's time / hand-written torch.func vmap GD's time in the same round; ms = median "
+        f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration.",
+        "",
+        "| method | "
+        + " | ".join(f"{n}: ratio [min–max] | {n}: ms" for n in norms)
+        + (" | " + " | ".join(f"{n}: peak MB" for n in norms) if args.device != "cpu" else "")
+        + " |",
+        "|---" * (1 + 2 * len(norms) + (len(norms) if args.device != "cpu" else 0)) + "|",
+    ]
+    all_names = sorted(dict.fromkeys(n for r in results.values() for n in r), key=_order)
+    for name in all_names:
+        cells = []
+        for norm in norms:
+            r = results[norm].get(name)
+            cells += (
+                [f"{r['ratio']:.2f} [{r['ratio_min']:.2f}–{r['ratio_max']:.2f}]", f"{r['ms']:.0f}"]
+                if r
+                else ["—", "—"]
+            )
+        if args.device != "cpu":
+            for norm in norms:
+                r = results[norm].get(name)
+                cells.append(f"{r['peak_mb']:.0f}" if r and r["peak_mb"] is not None else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    own = [n for n in all_names if any(results[m].get(n, {}).get("vs_own_gd") for m in norms)]
+    if own:
+        lines += [
+            "",
+            "Integrations against their own gradient descent (median per-round time ratio to "
+            "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`):",
+            "",
+            "| method | " + " | ".join(f"{n}: vs own GD" for n in norms) + " |",
+            "|---" * (1 + len(norms)) + "|",
+        ]
+        for name in own:
+            cells = []
+            for norm in norms:
+                r = results[norm].get(name, {}).get("vs_own_gd")
+                cells.append("—" if r is None else f"{r:.2f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _order(name: str) -> tuple[int, str]:
+    groups = ("torch.func", "higher SGD", "TorchOpt", "mirroropt", "via higher", "via MirrorMAML")
+    return next(i for i, g in enumerate(groups) if name.startswith(g)), name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--size", type=int, choices=[28, 84], default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--norms", nargs="+", choices=["batch", "group"], default=["group", "batch"]
+    )
+    parser.add_argument("--maps", nargs="*", default=sorted(mo.maps.MAPS))
+    parser.add_argument(
+        "--integration-maps", nargs="*", default=["identity", "diagonal", "kronecker"]
+    )
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    results = {norm: run(args, norm) for norm in args.norms}
+    wall = time.perf_counter() - start
+    table = markdown(results, args)
+    print(table)
+    print(f"\nwall time {wall:.0f} s; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {
+                    "args": vars(args),
+                    "results": results,
+                    "wall_s": wall,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "argv": sys.argv,
+                },
+                f,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
