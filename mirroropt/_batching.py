@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from mirroropt._utils import NonFiniteError, is_transformed
 from mirroropt._task_grads import collect_params, vmapped_meta_gradients
+from mirroropt._utils import NonFiniteError, is_transformed
 
 __all__ = ["map_tasks", "uses_batch_statistics"]
 
