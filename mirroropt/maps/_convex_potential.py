@@ -266,7 +266,7 @@ class ConvexPotential(MirrorMap):
         def to_primal(z: Mapping[str, Tensor]) -> Params:
             out: Params = {}
             for names, shape, rows, weights in stacked:
-                zs = torch.stack([z[n].reshape(rows, -1) for n in names])
+                zs = torch.stack([z[n].reshape(rows, math.prod(shape[1:])) for n in names])
                 grads = _icnn_gradient(zs, weights)
                 for n, g in zip(names, grads.unbind(0)):
                     out[n] = g.reshape(shape)
