@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mirroropt.integrations.higher  # registers mirroropt.MirrorDescent with higher
+import mirroropt  # registers MirrorDescent with higher when higher is imported
 
 
 def sample_tasks(gen: torch.Generator, tasks: int = 8, shots: int = 10) -> tuple[torch.Tensor, ...]:

@@ -14,12 +14,16 @@ from mirroropt._batching import map_tasks, uses_batch_statistics
 from mirroropt._optimizer import MirrorDescent
 from mirroropt._utils import NonFiniteError
 from mirroropt.functional import Trajectory, adapt, adapt_trajectory, init, step, to_primal
+from mirroropt.integrations import _autoregister
 from mirroropt.maps import MirrorMap
 
 try:
     __version__ = version("mirroropt")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
+
+# MirrorDescent works in higher.innerloop_ctx without importing higher here: registered on its import.
+_autoregister.install()
 
 __all__ = [
     "MirrorDescent",

@@ -30,10 +30,11 @@ class MirrorDescent(Optimizer):
     :func:`mirroropt.adapt` or the integrations.
 
     Args:
-        params: the parameters, named: ``model.named_parameters()`` (names are matched to the
-            map), or param-group dicts whose ``"params"`` are ``(name, tensor)`` pairs. Unnamed
-            tensors are refused: same-shaped tensors in another order would be silently
-            mismatched. Every tensor must be floating point and require grad (a map couples
+        params: the parameters: ``model.named_parameters()`` (names are matched to the map),
+            param-group dicts whose ``"params"`` are ``(name, tensor)`` pairs, or unnamed tensors
+            (``model.parameters()``) that are the very tensors the map was built from (matched
+            by identity, never by position, which would swap same-shaped tensors); other unnamed
+            tensors are refused. Every tensor must be floating point and require grad (a map couples
             tensors, so a frozen one would still be moved; build the map and the optimizer over
             the trainable tensors only).
         mirror_map: the inverse mirror map :math:`g`, built for exactly these parameters. It is
@@ -106,12 +107,16 @@ class MirrorDescent(Optimizer):
     def _match_names(self) -> dict[Tensor, str]:
         params = [p for group in self.param_groups for p in group["params"]]
         given = [n for group in self.param_groups for n in group.get("param_names", [])]
+        if not given:  # unnamed: by identity with the tensors the map was built from
+            known = [self.mirror_map.source_name(p) for p in params]
+            given = [n for n in known if n is not None] if None not in known else []
         if len(given) != len(params):
             raise TypeError(
                 f"`params` must be named, e.g. model.named_parameters() or param groups of "
-                f"(name, tensor) pairs; got {len(params) - len(given)} unnamed tensor(s). Names "
-                f"are matched to the map's {list(self.mirror_map.names)}; matching by position "
-                f"would silently swap same-shaped tensors."
+                f"(name, tensor) pairs, or be the very tensors the map was built from; got "
+                f"{len(params) - len(given)} tensor(s) it cannot name. Names are matched to the "
+                f"map's {list(self.mirror_map.names)}; matching by position would silently swap "
+                f"same-shaped tensors."
             )
         if len(given) != len(self.mirror_map.names):
             raise ValueError(

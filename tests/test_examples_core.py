@@ -35,3 +35,11 @@ def test_map_costs_lists_every_map_and_the_learned_maps_are_lean() -> None:
     for name in ("kronecker", "block_iaf", "convex_potential", "elementwise_convex"):
         assert 0 < costs[name]["ratio"] < 1.0, name  # the authors' blockIAF: about 28×
     assert all(c["to_primal_ms"] >= 0 and c["step_ratio"] > 0 for c in costs.values())
+
+
+def test_convex_potential_start_anchored_gets_the_step_size_gradient() -> None:
+    res = _load("convex_potential_start").main(batches=1, tasks=2, width=4, benchmark="synthetic")
+    anchored, diag, learned = res["anchored"], res["meta-sgd per tensor"], res["learned z0"]
+    for name in diag:
+        assert abs(anchored[name] - diag[name]) <= 1e-5 * max(1.0, abs(diag[name])), name
+    assert max(abs(learned[n] - diag[n]) for n in diag) > 1e-4  # the rescaling of φ₀ shows

@@ -207,19 +207,28 @@ def test_resume_is_order_independent_for_a_map_without_to_dual() -> None:
             assert torch.equal(p, q), order
 
 
-def test_unnamed_parameters_are_refused() -> None:
+def test_unnamed_parameters_are_matched_by_identity_or_refused() -> None:
     # Reproducer (issue 11): unnamed tensors were matched to the map by position, so two
     # same-shaped tensors given in another order were silently swapped.
     net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     g_map = Diagonal(net)
     swapped = [net[1].weight, net[0].weight, net[0].bias, net[1].bias]
-    with pytest.raises(TypeError, match=r"`params` must be named.*got 4 unnamed tensor\(s\)"):
-        mo.MirrorDescent(swapped, g_map, lr=0.1)
+    opt = mo.MirrorDescent(swapped, g_map, lr=0.1)
+    assert opt._names[net[1].weight] == "1.weight"  # by identity, whatever the order
+    assert opt._names[net[0].weight] == "0.weight"
+    other = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    with pytest.raises(
+        TypeError, match=r"`params` must be named.*got 4 tensor\(s\) it cannot name"
+    ):
+        mo.MirrorDescent(other.parameters(), g_map, lr=0.1)  # same shapes, not the map's tensors
     with pytest.raises(TypeError, match=r"`params` must be named"):
-        mo.MirrorDescent(net.parameters(), g_map, lr=0.1)
+        mo.MirrorDescent(
+            net.parameters(), Diagonal({n: p.shape for n, p in net.named_parameters()}), lr=0.1
+        )
     named = dict(net.named_parameters())
     opt = mo.MirrorDescent([(n, named[n]) for n in reversed(list(named))], g_map, lr=0.1)
-    assert opt._names[net[1].weight] == "1.weight"  # matched by name, whatever the order
+    assert opt._names[net[1].weight] == "1.weight"
+    assert copy.deepcopy(g_map).source_name(net[0].weight) is None  # copies know no tensors
 
 
 def test_frozen_parameters_are_refused() -> None:

@@ -11,30 +11,120 @@ Mirror descent keeps a dual variable next to the parameters; :func:`mirror_step`
 replacement for the second line (start the loop with ``z = mirroropt.init(mirror_map, params)``).
 Both helpers are pure, so they run under :func:`torch.func.vmap` over tasks and under
 :func:`torch.func.grad` for meta-gradients of any order.
+
+Code found upstream often has no parameter names: parameters in a list
+(``params = [w1, b1, ...]``, ``net(params, x)``) and gradients as the tuple that
+``torch.autograd.grad`` returns. :func:`named` gives such a list the names ``"0"``, ``"1"``, …
+to build a map from, and :func:`mirror_init`/:func:`mirror_step` take and return lists or tuples
+in that order, so the loop keeps its containers.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from mirroropt import functional as F
+from mirroropt._batching import uses_batch_statistics
 from mirroropt._types import LR, Params
 from mirroropt.maps._base import MirrorMap
 
-__all__ = ["make_loss_fn", "mirror_step"]
+__all__ = ["make_loss_fn", "mirror_init", "mirror_step", "mirror_update", "named"]
+
+#: a dict name → tensor, or a list/tuple of tensors in the map's name order
+Tensors = TypeVar("Tensors", Mapping[str, Tensor], Sequence[Tensor])
+
+
+def named(params: Sequence[Tensor]) -> Params:
+    r"""Names for an unnamed list of parameters: ``{"0": params[0], "1": params[1], …}``.
+
+    Build a map for a model written as ``net(params, x)`` with ``params`` a list:
+    ``Diagonal(named(params))``. :func:`mirror_init`/:func:`mirror_step` then take the list (and a
+    tuple of gradients) directly, matched by position.
+
+    Args:
+        params: a list or tuple of tensors (e.g. ``[w1, b1, w2, b2]``).
+
+    Raises:
+        TypeError: if ``params`` is not a list/tuple of tensors.
+        ValueError: if it is empty.
+
+    Example:
+        >>> import torch
+        >>> list(named([torch.zeros(2, 1), torch.zeros(2)]))
+        ['0', '1']
+    """
+    if isinstance(params, Tensor) or not isinstance(params, (list, tuple)):
+        raise TypeError(
+            f"`params` must be a list or tuple of tensors, got {type(params).__name__}."
+        )
+    if not params:
+        raise ValueError("`params` must contain at least one tensor, got an empty sequence.")
+    kinds = sorted({type(p).__name__ for p in params if not isinstance(p, Tensor)})
+    if kinds:
+        raise TypeError(f"`params` must contain only tensors, got items of type {kinds}.")
+    return {str(i): p for i, p in enumerate(params)}
+
+
+def _as_dict(mirror_map: MirrorMap, values: Any, argument: str) -> Params:
+    """A mapping as a dict; a list/tuple matched by position to ``mirror_map.names``."""
+    if isinstance(values, Mapping):
+        return dict(values)
+    if isinstance(values, (list, tuple)) and all(isinstance(v, Tensor) for v in values):
+        names = mirror_map.names
+        if len(values) != len(names):
+            raise ValueError(
+                f"`{argument}` has {len(values)} tensors but `mirror_map` was built for "
+                f"{len(names)}: {list(names)}."
+            )
+        return dict(zip(names, values))
+    raise TypeError(
+        f"`{argument}` must be a dict name → tensor or a list/tuple of tensors in the map's name "
+        f"order, got {type(values).__name__}."
+    )
+
+
+def _like(template: Any, values: Params, names: Sequence[str]) -> Any:
+    """``values`` in the container kind of ``template`` (dict, list or tuple)."""
+    if isinstance(template, Mapping):
+        return values
+    ordered = [values[n] for n in names]
+    return tuple(ordered) if isinstance(template, tuple) else ordered
+
+
+def mirror_init(mirror_map: MirrorMap, params: Tensors) -> Tensors:
+    r"""The starting dual point :math:`z_0 = \nabla h(\phi_0)`, in the container of ``params``.
+
+    :func:`mirroropt.init` for a hand-written loop: ``params`` may be a dict name → tensor, or a
+    list/tuple of tensors matched by position to the map's names (a map built with
+    :func:`named`); ``z0`` comes back as a dict, list or tuple accordingly.
+
+    Raises:
+        TypeError: if ``params`` is none of these, or the map has no ``to_dual``.
+        ValueError: if ``params`` does not fit the map.
+
+    Example:
+        >>> import torch
+        >>> from mirroropt.maps import Identity
+        >>> params = [torch.ones(2)]
+        >>> mirror_init(Identity(named(params)), params)
+        [tensor([1., 1.])]
+    """
+    F._check_map(mirror_map)
+    phi = _as_dict(mirror_map, params, "params")
+    return _like(params, F.init(mirror_map, phi), mirror_map.names)  # type: ignore[no-any-return]
 
 
 def mirror_step(
     mirror_map: MirrorMap,
-    z: Mapping[str, Tensor],
-    grads: Mapping[str, Tensor],
+    z: Tensors,
+    grads: Mapping[str, Tensor] | Sequence[Tensor],
     lr: LR,
-) -> tuple[Params, Params]:
+) -> tuple[Tensors, Tensors]:
     r"""One mirror-descent step for a hand-written loop: returns :math:`(z_{k+1}, \phi_{k+1})`.
 
     .. math::
@@ -50,17 +140,21 @@ def mirror_step(
 
     Args:
         mirror_map: the inverse mirror map :math:`g`.
-        z: the dual variable, a dict name → tensor (start with ``mirroropt.init(mirror_map, phi)``).
-        grads: :math:`\nabla_\phi L` at :math:`\phi_k = g(z_k)`, same names and shapes.
+        z: the dual variable, a dict name → tensor (start with ``mirroropt.init(mirror_map, phi)``)
+            or a list/tuple in the map's name order (start with :func:`mirror_init`).
+        grads: :math:`\nabla_\phi L` at :math:`\phi_k = g(z_k)`: a dict with the same names, or
+            a list/tuple in the map's name order (what ``torch.autograd.grad`` returns, or
+            ``torch.func.grad`` of a function of a list).
         lr: step size :math:`\alpha > 0`: a number, a (learnable) tensor, or a mapping per name.
 
     Returns:
-        ``(z_new, phi_new)``, two dicts name → tensor.
+        ``(z_new, phi_new)``, in the container kind of ``z`` (two dicts, lists or tuples).
 
     Raises:
         ValueError: if ``lr`` is not positive or ``z``/``grads`` do not fit the map.
-        TypeError: if ``mirror_map`` is not a :class:`~mirroropt.maps.MirrorMap` or ``lr`` has an
-            unsupported type.
+        TypeError: if ``mirror_map`` is not a :class:`~mirroropt.maps.MirrorMap`, ``z`` or
+            ``grads`` is neither a dict nor a list/tuple of tensors, or ``lr`` has an unsupported
+            type.
 
     Example:
         >>> import torch
@@ -69,6 +163,9 @@ def mirror_step(
         >>> z, phi = mirror_step(g, {"w": torch.ones(2)}, {"w": torch.tensor([1.0, -1.0])}, 0.5)
         >>> phi["w"].tolist()
         [0.5, 1.5]
+        >>> z, phi = mirror_step(g, [torch.ones(2)], (torch.tensor([1.0, -1.0]),), 0.5)
+        >>> [p.tolist() for p in phi]
+        [[0.5, 1.5]]
 
     References:
         Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning", ICML 2017, arXiv:1703.03400.
@@ -76,8 +173,59 @@ def mirror_step(
         arXiv:2509.02418.
     """
     F._check_map(mirror_map)
-    z_new = F.step(mirror_map, z, grads, as_tensor_lr(lr, z))
-    return z_new, mirror_map.to_primal(z_new)
+    z_dict = _as_dict(mirror_map, z, "z")
+    z_new = F.step(
+        mirror_map, z_dict, _as_dict(mirror_map, grads, "grads"), as_tensor_lr(lr, z_dict)
+    )
+    names = mirror_map.names
+    return _like(z, z_new, names), _like(z, mirror_map.to_primal(z_new), names)
+
+
+def mirror_update(
+    mirror_map: MirrorMap,
+    params: Tensors,
+    grads: Mapping[str, Tensor] | Sequence[Tensor],
+    lr: LR,
+) -> Tensors:
+    r"""One mirror-descent step in primal form, :math:`\phi_{k+1} = g(\nabla h(\phi_k) - \alpha\nabla L(\phi_k))`.
+
+    The one-line replacement for a hand-written ``[p - lr * g for ...]`` or
+    ``{k: p - lr * g ...}`` update: no dual variable to carry, the containers stay as they are
+    (dict, list or tuple, gradients matched by position). It recomputes
+    :math:`z_k = \nabla h(\phi_k)` (``to_dual``) at every step, which is the dual point
+    :func:`mirror_step` carries, because ``to_dual`` inverts ``to_primal``: the iterates and
+    meta-gradients are those of :func:`mirror_step` up to rounding (tested to 1e-10 in float64),
+    at the cost of one ``to_dual`` per step. With the :class:`~mirroropt.maps.Identity` map it is
+    bit for bit ``p - lr * g``. For maps without ``to_dual`` use :func:`mirror_step` from a dual
+    initialization.
+
+    Args:
+        mirror_map: the inverse mirror map :math:`g`; must have ``to_dual`` (``has_to_dual``).
+        params: :math:`\phi_k`, a dict name → tensor or a list/tuple in the map's name order.
+        grads: :math:`\nabla L(\phi_k)`, a dict or a list/tuple in the same order.
+        lr: step size :math:`\alpha > 0`: a number, a (learnable) tensor, or a mapping per name.
+
+    Returns:
+        :math:`\phi_{k+1}` in the container kind of ``params``.
+
+    Raises:
+        TypeError: if the map has no ``to_dual``, or a container or ``lr`` has a wrong type.
+        ValueError: if ``lr`` is not positive or ``params``/``grads`` do not fit the map.
+
+    Example:
+        >>> import torch
+        >>> from mirroropt.maps import Diagonal
+        >>> params = [torch.ones(2)]
+        >>> g = Diagonal(named(params))
+        >>> [p.tolist() for p in mirror_update(g, params, [torch.tensor([1.0, -1.0])], 0.5)]
+        [[0.5, 1.5]]
+
+    References:
+        Beck & Teboulle, "Mirror descent and nonlinear projected subgradient methods for convex
+        optimization", Operations Research Letters, 2003.
+    """
+    _, phi_new = mirror_step(mirror_map, mirror_init(mirror_map, params), grads, lr)
+    return phi_new
 
 
 def make_loss_fn(
@@ -98,8 +246,14 @@ def make_loss_fn(
         inputs: the model's positional input, or a tuple of them.
         targets: the targets passed to ``criterion``.
 
+    The returned function refuses to run under :func:`torch.func.vmap` when ``model``
+    normalizes with batch statistics (training-mode BatchNorm, InstanceNorm; see
+    :func:`mirroropt.uses_batch_statistics`): there ``vmap`` gives wrong second-order
+    meta-gradients on torch 2.13 without an error. :func:`mirroropt.map_tasks` loops instead.
+
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or ``criterion`` is not callable.
+        ValueError: (when called) under ``vmap`` with a model that uses batch statistics.
 
     Example:
         >>> import torch
@@ -116,9 +270,29 @@ def make_loss_fn(
     args = inputs if isinstance(inputs, tuple) else (inputs,)
 
     def loss_fn(phi: Params) -> Tensor:
+        if _under_vmap():
+            offending = uses_batch_statistics(model)
+            if offending:
+                raise ValueError(
+                    f"`model` normalizes with batch statistics in {offending} and this loss runs "
+                    f"under torch.func.vmap, which gives wrong second-order meta-gradients through "
+                    f"such layers (torch 2.13). Batch tasks with mirroropt.map_tasks(fn, *tasks, "
+                    f"model=model) (it loops for such models), put BatchNorm in eval mode with "
+                    f"running statistics, or use GroupNorm/LayerNorm."
+                )
         return criterion(torch.func.functional_call(model, phi, args), targets)
 
     return loss_fn
+
+
+def _under_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` transform is active (private functorch API, read-only)."""
+    try:
+        stack = torch._C._functorch.get_interpreter_stack()
+    except AttributeError:  # pragma: no cover - an older/newer torch without it: no check
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in stack or ())
 
 
 def as_tensor_lr(lr: LR, like: Mapping[str, Tensor]) -> LR:

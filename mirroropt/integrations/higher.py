@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from mirroropt import functional as F
 from mirroropt._optimizer import MirrorDescent
 from mirroropt.functional import _check_finite
-from mirroropt.integrations._learner import _cached_primal, _Prepared
+from mirroropt.integrations._l2l_style import _cached_primal, _Prepared
 from mirroropt.integrations._torchfunc import as_tensor_lr
 from mirroropt.maps._base import MirrorMap
 

@@ -12,8 +12,9 @@ import pytest
     "module",
     [
         "mirroropt.integrations._torchfunc",
-        "mirroropt.integrations._learner",
+        "mirroropt.integrations._l2l_style",
         "mirroropt.integrations.higher",
+        "mirroropt.integrations.torchopt",
     ],
 )
 def test_docstring_examples(module: str) -> None:

@@ -1,5 +1,5 @@
 """Every example runs on a tiny budget and meta-training lowers its post-adaptation query loss;
-the three MAML styles (and the three mirror-descent styles) compute the same numbers."""
+the five MAML styles (and the five mirror-descent styles) compute the same numbers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STYLES = ["torchfunc", "higher", "learner"]
+STYLES = ["torchfunc", "higher", "learner", "torchopt", "lists"]
 
 
 def load(name: str) -> ModuleType:
@@ -39,7 +39,7 @@ def test_meta_training_lowers_the_adapted_query_loss(kind: str, style: str) -> N
 
 
 @pytest.mark.parametrize("kind", ["maml", "mirror"])
-def test_the_three_styles_compute_the_same_numbers(kind: str) -> None:
+def test_the_five_styles_compute_the_same_numbers(kind: str) -> None:
     results = [run(f"{kind}_{style}") for style in STYLES]
     for before, after in results[1:]:
         assert before == pytest.approx(results[0][0], rel=1e-5)

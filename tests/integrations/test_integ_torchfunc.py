@@ -22,7 +22,9 @@ from tests.integrations._common import (
     make_model,
     make_tasks,
     meta_params,
+    perturb,
 )
+from tests.integrations._maps import CoupledShift
 
 
 def vmapped_meta_grads(
@@ -162,3 +164,192 @@ def test_errors_name_the_argument() -> None:
         make_loss_fn(F.mse_loss, F.mse_loss, z, z)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"`criterion` must be callable, got int"):
         make_loss_fn(model, 3, z, z)  # type: ignore[arg-type]
+
+
+# --- code without parameter names: lists of parameters, tuples of gradients -----------------
+
+
+def list_net(params: list[Tensor], x: Tensor) -> Tensor:
+    """functorch's regression example style: ``net(params, x)`` with ``params`` a list."""
+    w1, b1, w2, b2 = params
+    return torch.tanh(x @ w1.T + b1) @ w2.T + b2
+
+
+def list_meta_grads(
+    params: list[Tensor], tasks: tuple[Tensor, ...], mirror_map: MirrorMap | None, extra: list
+) -> tuple[list[Tensor], list[Tensor]]:
+    """vmap over tasks; ``grad`` of a function of a list returns a list (used for mirror), and
+    ``torch.autograd.grad`` a tuple (checked to give the same step below)."""
+
+    def inner(ps: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.mse_loss(list_net(ps, x), y)
+
+    def task(x_s, y_s, x_q, y_q):  # type: ignore[no-untyped-def]
+        new = params
+        if mirror_map is None:
+            for _ in range(STEPS):
+                gs = grad(inner)(new, x_s, y_s)
+                new = [p - LR * g for p, g in zip(new, gs)]
+        else:
+            z = mirroropt.integrations.mirror_init(mirror_map, params)
+            for _ in range(STEPS):
+                z, new = mirror_step(mirror_map, z, grad(inner)(new, x_s, y_s), LR)
+        return inner(new, x_q, y_q), new
+
+    losses, fast = vmap(task)(*tasks)
+    return fast, list(torch.autograd.grad(losses.sum(), [*params, *extra]))
+
+
+def test_lists_and_tuples_one_line_equal_gd_and_the_core() -> None:
+    model = make_model()
+    params = [p for _, p in model.named_parameters()]
+    tasks = make_tasks()
+    # Identity on a list: bit for bit the list comprehension p - lr * g
+    identity = Identity(mirroropt.integrations.named(params))
+    gd_fast, gd_grads = list_meta_grads(params, tasks, None, [])
+    md_fast, md_grads = list_meta_grads(params, tasks, identity, [])
+    assert isinstance(md_fast, list)
+    assert_equal(md_fast, gd_fast)
+    assert_equal(md_grads, gd_grads)
+    # a learned map on a list: the meta-gradients of the functional core on the named dict
+    mirror_map = perturb(CoupledShift(mirroropt.integrations.named(params)))
+    _, grads = list_meta_grads(params, tasks, mirror_map, list(mirror_map.parameters()))
+    total = torch.zeros((), dtype=torch.float64)
+    for x_s, y_s, x_q, y_q in zip(*tasks):
+        phi = mirroropt.adapt(
+            mirror_map,
+            lambda p, x=x_s, y=y_s: F.mse_loss(list_net(list(p.values()), x), y),
+            mirroropt.integrations.named(params),
+            lr=LR,
+            steps=STEPS,
+        )
+        total = total + F.mse_loss(list_net(list(phi.values()), x_q), y_q)
+    expected = torch.autograd.grad(total, [*params, *mirror_map.parameters()])
+    assert_close(grads, list(expected))
+
+
+def test_a_tuple_of_autograd_gradients_steps_like_a_dict() -> None:
+    model = make_model()
+    mirror_map = MAP_BUILDERS["diagonal"](model)
+    x_s, y_s, _, _ = (t[0] for t in make_tasks())
+    params = tuple(model.parameters())
+    grads = torch.autograd.grad(F.mse_loss(model(x_s), y_s), params)
+    assert isinstance(grads, tuple)
+    z = mirroropt.integrations.mirror_init(mirror_map, params)
+    assert isinstance(z, tuple)
+    z_t, phi_t = mirror_step(mirror_map, z, grads, LR)
+    z_d, phi_d = mirror_step(
+        mirror_map,
+        mirroropt.init(mirror_map, dict(model.named_parameters())),
+        dict(zip(mirror_map.names, grads)),
+        LR,
+    )
+    assert isinstance(z_t, tuple) and isinstance(phi_t, tuple)
+    assert_equal(list(phi_t), list(phi_d.values()))
+    assert_equal(list(z_t), list(z_d.values()))
+    # a dict of duals with a tuple of gradients: gradients matched by position, dicts returned
+    _, phi_m = mirror_step(mirror_map, z_d, grads, LR)
+    assert isinstance(phi_m, dict)
+
+
+def test_sequence_errors_name_the_argument() -> None:
+    model = make_model()
+    mirror_map = Identity(model)
+    params = list(model.parameters())
+    with pytest.raises(ValueError, match=r"`grads` has 3 tensors but `mirror_map` was built for 4"):
+        mirror_step(mirror_map, params, params[:3], LR)
+    with pytest.raises(TypeError, match=r"`z` must be a dict name → tensor or a list/tuple"):
+        mirror_step(mirror_map, params[0], params, LR)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"`params` must be a dict name → tensor or a list/tuple"):
+        mirroropt.integrations.mirror_init(mirror_map, [1.0, 2.0])  # type: ignore[list-item]
+    with pytest.raises(
+        TypeError, match=r"`params` must be a list or tuple of tensors, got Parameter"
+    ):
+        mirroropt.integrations.named(params[0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"must contain only tensors, got items of type \['int'\]"):
+        mirroropt.integrations.named([params[0], 3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"at least one tensor, got an empty sequence"):
+        mirroropt.integrations.named([])
+
+
+# --- mirror_update: the primal-form one-liner ------------------------------------------------
+
+
+def test_mirror_update_identity_is_the_list_comprehension_to_the_bit() -> None:
+    model = make_model()
+    params = list(model.parameters())
+    x_s, y_s, _, _ = (t[0] for t in make_tasks())
+    grads = torch.autograd.grad(F.mse_loss(model(x_s), y_s), params, create_graph=True)
+    new = mirroropt.integrations.mirror_update(Identity(model), params, grads, LR)
+    assert isinstance(new, list)
+    assert_equal(new, [p - g * LR for p, g in zip(params, grads)])
+
+
+@pytest.mark.parametrize("name", NONTRIVIAL)
+def test_mirror_update_steps_and_meta_gradients_equal_mirror_step(name: str) -> None:
+    """Recomputing z = ∇h(φ) each step is the dual point mirror_step carries (to_dual inverts
+    to_primal), so iterates and meta-gradients agree with the dual-state loop and the core."""
+    model = make_model()
+    mirror_map = MAP_BUILDERS[name](model)
+    tasks = make_tasks()
+    phi0 = dict(model.named_parameters())
+
+    def compute_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.mse_loss(functional_call(model, p, (x,)), y)
+
+    def task(x_s, y_s, x_q, y_q):  # type: ignore[no-untyped-def]
+        new = phi0
+        for _ in range(STEPS):
+            new = mirroropt.integrations.mirror_update(
+                mirror_map, new, grad(compute_loss)(new, x_s, y_s), LR
+            )
+        return compute_loss(new, x_q, y_q)
+
+    total = vmap(task)(*tasks).sum()
+    grads = torch.autograd.grad(total, meta_params(model, mirror_map))
+    expected_total, expected = core_meta_grads(model, mirror_map, tasks)
+    assert float((total - expected_total).abs().detach()) <= 1e-12 * float(expected_total.detach())
+    assert_close(list(grads), expected)
+
+
+def test_mirror_update_refuses_maps_without_to_dual() -> None:
+    model = make_model()
+    from mirroropt.maps import ConvexPotential
+
+    with pytest.raises(TypeError, match=r"no closed-form to_dual.*dual initialization `z`"):
+        mirroropt.integrations.mirror_update(
+            ConvexPotential(model).double(),
+            dict(model.named_parameters()),
+            {n: torch.zeros_like(p) for n, p in model.named_parameters()},
+            LR,
+        )
+
+
+def test_make_loss_fn_refuses_vmap_over_batch_statistics_and_map_tasks_loops() -> None:
+    """functorch's maml-omniglot-transforms pattern: vmap over a BatchNorm model that normalizes
+    with batch statistics gives silently wrong meta-gradients on torch 2.13; where our API sees
+    the model, it refuses."""
+    x_spt, y_spt, _, _ = make_tasks()
+
+    def run(net: nn.Module, batch: str) -> Tensor:
+        mirror_map = Identity(net)
+
+        def task(x: Tensor, y: Tensor) -> Tensor:
+            loss_fn = make_loss_fn(net, F.mse_loss, x, y)
+            phi = mirroropt.adapt(mirror_map, loss_fn, dict(net.named_parameters()), lr=LR, steps=1)
+            return loss_fn(phi)
+
+        if batch == "vmap":
+            return vmap(task)(x_spt, y_spt)
+        return mirroropt.map_tasks(task, x_spt, y_spt, model=net)
+
+    torch.manual_seed(0)
+    batch_stats = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)
+    ).double()
+    with pytest.raises(ValueError, match=r"batch statistics in \['1'\].*under torch\.func\.vmap"):
+        run(batch_stats, "vmap")
+    looped = run(batch_stats, "map_tasks")  # loops over tasks: allowed
+    assert looped.shape == (3,) and bool(torch.isfinite(looped).all())
+    running = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().eval()
+    assert run(running, "vmap").shape == (3,)  # eval mode, running statistics: vmap allowed
