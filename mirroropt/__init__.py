@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from mirroropt import functional, maps
 from mirroropt._batching import map_tasks, uses_batch_statistics
 from mirroropt._optimizer import MirrorDescent
+from mirroropt._utils import NonFiniteError
 from mirroropt.functional import Trajectory, adapt, adapt_trajectory, init, step, to_primal
 from mirroropt.integrations import _autoregister
 from mirroropt.maps import MirrorMap
@@ -27,6 +28,7 @@ _autoregister.install()
 __all__ = [
     "MirrorDescent",
     "MirrorMap",
+    "NonFiniteError",
     "Trajectory",
     "__version__",
     "adapt",

@@ -47,6 +47,16 @@ _nonneg_int = _number(int, "a non-negative integer", lambda v: v >= 0, "a non-ne
 _positive_float = _number(
     float, "a positive number", lambda v: 0 < v < float("inf"), "a positive finite number"
 )
+_momentum = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1, "a number in [0, 1)")
+_train_steps = _number(
+    int,
+    "a positive integer",
+    lambda v: v >= 1,
+    "a positive integer (--steps 0 leaves nothing to meta-learn: φ_K = φ_0)",
+)
+
+#: Every sub-command's help shows each option's default.
+_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _map_name(text: str) -> str:
@@ -100,8 +110,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         default=1,
-        help="torch CPU threads (default 1: on a shared 2-core machine more threads "
-        "oversubscribe and run ~10x slower)",
+        help="torch CPU threads (on a shared 2-core machine more threads oversubscribe and run "
+        "~10x slower; a run resumes only with the threads it was trained with)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -113,6 +123,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
+    from mirroropt.maps import MAPS
+
     g = p.add_argument_group("benchmark and backbone")
     g.add_argument(
         "--benchmark",
@@ -120,7 +132,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         default="fontglot",
         help="fontglot, omniglot, miniimagenet, sinusoid or synthetic",
     )
-    g.add_argument("--n-way", type=_positive_int, default=5)
+    g.add_argument("--n-way", type=_positive_int, default=5, help="classes per task")
     g.add_argument(
         "--k-shot",
         type=_positive_int,
@@ -135,7 +147,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--augment-eval", action="store_true", help="also augment evaluation tasks")
     g.add_argument("--width", type=_positive_int, default=32, help="Conv4 channels")
-    g.add_argument("--norm", choices=("batch", "group"), default="batch")
+    g.add_argument("--norm", choices=("batch", "group"), default="batch", help="Conv4 norm")
     g.add_argument("--data-root", default="", help="Omniglot / miniImageNet folder")
     g.add_argument(
         "--fontglot",
@@ -146,7 +158,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("inner loop and meta-training")
     g.add_argument(
-        "--map", type=_map_name, default="identity", help="a name in mirroropt.maps.MAPS"
+        "--map",
+        type=_map_name,
+        default="identity",
+        help=f"the mirror map, one of: {', '.join(MAPS)}",
     )
     g.add_argument(
         "--map-kwarg",
@@ -156,10 +171,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a keyword of the map's constructor, VALUE as JSON (e.g. monotone=true); repeatable",
     )
-    g.add_argument("--steps", type=_nonneg_int, default=5, help="inner steps K")
+    g.add_argument("--steps", type=_train_steps, default=5, help="inner steps K (at least 1)")
     g.add_argument("--lr", type=_positive_float, default=0.01, help="inner step size α")
     g.add_argument("--meta-batch", type=_positive_int, default=4, help="tasks per meta-iteration")
-    g.add_argument("--iterations", type=_positive_int, default=300)
+    g.add_argument("--iterations", type=_positive_int, default=300, help="meta-iterations")
     g.add_argument(
         "--meta-optimizer",
         choices=("adam", "sgd"),
@@ -178,7 +193,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         default=None,
         help="meta step size of the map's parameters (own param group; default: --meta-lr)",
     )
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument(
+        "--momentum", type=_momentum, default=0.9, help="SGD's Nesterov momentum, in [0, 1)"
+    )
     g.add_argument(
         "--meta-step",
         choices=("fixed", "adaptive"),
@@ -192,7 +209,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         default="query",
         help="query: MAML/MetaMiDA query loss; metamd: MetaMD regret bound",
     )
-    g.add_argument("--seed", type=_nonneg_int, default=0)
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="initialization and task seed")
     g.add_argument(
         "--init-from",
         default="",
@@ -217,18 +234,32 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m mirroropt``."""
+    from mirroropt import __version__
+    from mirroropt.maps import MAPS
+
     parser = argparse.ArgumentParser(
         prog="mirroropt", description="Learned mirror descent for meta-learning."
     )
+    parser.add_argument("--version", action="version", version=f"mirroropt {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="{train,eval,demo,reproduce}"
     )
 
-    p = sub.add_parser("train", help="meta-train one method")
+    p = sub.add_parser("train", help="meta-train one method", formatter_class=_FORMATTER)
     _add_run(p)
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log, evaluation)")
-    p.add_argument("--checkpoint-every", type=_nonneg_int, default=50)
+    p.add_argument(
+        "--checkpoint-every",
+        type=_nonneg_int,
+        default=50,
+        help="iterations between checkpoints (0: only at the end; SIGTERM also writes one)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUT that already holds a run (without it, that is refused)",
+    )
     p.add_argument(
         "--eval-tasks",
         type=_nonneg_int,
@@ -238,27 +269,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_nonneg_int, default=10, help="evaluate k = 0 … this")
     _add_common(p)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint at every inner step k")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--tasks", type=_positive_int, default=600)
-    p.add_argument("--max-steps", type=_nonneg_int, default=10)
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint at every inner step k", formatter_class=_FORMATTER
+    )
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train")
+    p.add_argument("--tasks", type=_positive_int, default=600, help="meta-test tasks")
+    p.add_argument("--max-steps", type=_nonneg_int, default=10, help="evaluate k = 0 … this")
     p.add_argument("--seed", type=_nonneg_int, default=1000, help="seed of the test tasks")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="task split")
     p.add_argument(
         "--out", default=None, help="folder for eval.json/.md/.png (default: beside the checkpoint)"
     )
-    p.add_argument("--label", default=None)
+    p.add_argument("--label", default=None, help="name in the report (default: map, iterations)")
     _add_common(p)
 
     p = sub.add_parser(
-        "demo", help="MAML vs a learned mirror map on FontGlot, with a table and plot"
+        "demo",
+        help="MAML vs a learned mirror map on FontGlot, with a table and plot",
+        formatter_class=_FORMATTER,
     )
     p.add_argument("--quick", action="store_true", help="tiny budget (seconds), for tests")
-    p.add_argument("--benchmark", type=_benchmark_name, default="fontglot")
-    p.add_argument("--map", type=_map_name, default="kronecker", help="the learned map to compare")
-    p.add_argument("--iterations", type=_positive_int, default=None)
-    p.add_argument("--eval-tasks", type=_positive_int, default=None)
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument(
+        "--benchmark", type=_benchmark_name, default="fontglot", help="the benchmark to run on"
+    )
+    p.add_argument(
+        "--map",
+        type=_map_name,
+        default="kronecker",
+        help=f"the learned map to compare, one of: {', '.join(MAPS)}",
+    )
+    p.add_argument(
+        "--iterations", type=_positive_int, default=None, help="per method (default: 150; 2 quick)"
+    )
+    p.add_argument(
+        "--eval-tasks", type=_positive_int, default=None, help="default: 200 (10 with --quick)"
+    )
+    p.add_argument("--out", default="runs/demo", help="report folder")
     _add_common(p)
 
     p = sub.add_parser(
@@ -300,13 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings",
         nargs="*",
         default=None,
+        choices=[s.key for s in SETTINGS],
+        metavar="SETTING",
         help=f"any of {', '.join(s.key for s in SETTINGS)} (default: all)",
     )
+    method_names = list(dict.fromkeys([m.key for m in METHODS] + [m.map for m in METHODS]))
     p.add_argument(
         "--methods",
         nargs="*",
         default=None,
-        help=f"any of {', '.join(m.key for m in METHODS)} (default: all)",
+        choices=method_names,
+        metavar="METHOD",
+        help=f"any of {', '.join(m.key for m in METHODS)}, or a map name (default: all)",
     )
     p.add_argument(
         "--workers",
@@ -365,18 +416,98 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from mirroropt.workflow import evaluate, train, write_report
-    from mirroropt.workflow._report import plot_training
+def _fail(command: str, error: BaseException | str) -> SystemExit:
+    """The one line (exit status 1) that a refused or failed command prints."""
+    return SystemExit(f"mirroropt {command}: error: {error}")
 
-    cfg = _config(args)
-    out = Path(args.out)
+
+def _out_dir(command: str, out: str) -> Path:
+    from mirroropt.workflow._preflight import check_out_dir
+
+    try:
+        return check_out_dir(out)
+    except ValueError as error:
+        raise _fail(command, error) from None
+
+
+def _existing_run(ckpt: Path) -> str | None:
+    """A description of the run in ``ckpt``'s folder, or None when there is none."""
+    from mirroropt.workflow import load_checkpoint
+    from mirroropt.workflow._checkpoint import CheckpointError
+
+    if not ckpt.exists():
+        return None
+    try:
+        return f"{ckpt.name} at iteration {load_checkpoint(ckpt)['iteration']}"
+    except (CheckpointError, OSError) as error:
+        return f"an unreadable {ckpt.name}: {error}"
+
+
+def _preflight(command: str, cfg: TrainConfig, bench: Any = None, device: Any = None) -> Any:
+    """Build the benchmark and check it and the map before any work; one line if refused."""
+    from mirroropt.workflow import build_benchmark
+    from mirroropt.workflow._preflight import preflight
+
+    try:
+        bench = bench if bench is not None else build_benchmark(cfg, device=device)
+        preflight(cfg, bench)
+    except (ValueError, TypeError, OSError) as error:
+        raise _fail(command, error) from None
+    return bench
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from mirroropt import NonFiniteError
+    from mirroropt.workflow import TrainingInterrupted, evaluate, train, write_report
+    from mirroropt.workflow._report import plot_training
+    from mirroropt.workflow._train import best_checkpoint_path
+
+    try:
+        cfg = _config(args)
+    except ValueError as error:
+        raise _fail("train", error) from None
+    out = _out_dir("train", args.out)
     ckpt = out / "checkpoint.pt"
     if args.resume and not ckpt.exists():
-        raise SystemExit(f"mirroropt train: error: --resume given but {ckpt} does not exist")
-    run = train(
-        cfg, checkpoint=ckpt, resume=args.resume, progress=not args.no_progress, device=args.device
-    )
+        raise _fail("train", f"--resume given but {ckpt} does not exist")
+    existing = None if args.resume else _existing_run(ckpt)
+    if existing is not None and not args.overwrite:
+        raise _fail(
+            "train",
+            f"--out {out} already holds a run ({existing}); pass --resume to continue it or "
+            f"--overwrite to start over.",
+        )
+    bench = _preflight("train", cfg, device=args.device)
+    if existing is not None:  # --overwrite: the old run goes only once the new one can start
+        for old in (ckpt, best_checkpoint_path(ckpt), out / "history.json"):
+            old.unlink(missing_ok=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        print(f"training {cfg.map} on {bench.name} into {ckpt}", flush=True)
+        run = train(
+            cfg,
+            checkpoint=ckpt,
+            resume=args.resume,
+            progress=not args.no_progress,
+            benchmark=bench,
+            stop=stop,
+            device=args.device,
+        )
+    except TrainingInterrupted as stopped:
+        print(
+            f"mirroropt train: stopped by SIGTERM at iteration {stopped.iteration}; checkpoint "
+            f"{ckpt} written; continue with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM
+    except (NonFiniteError, ValueError, FileNotFoundError) as error:
+        raise _fail("train", error) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     (out / "history.json").write_text(json.dumps(run.history))
     plot_training({cfg.map: run.history}, out / "training.png")
     print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
@@ -402,7 +533,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mirroropt.workflow import evaluate, load_checkpoint, write_report
     from mirroropt.workflow._train import restore
 
-    payload = load_checkpoint(args.checkpoint)
+    out = _out_dir("eval", args.out) if args.out else Path(args.checkpoint).parent
+    try:
+        payload = load_checkpoint(args.checkpoint)
+    except (ValueError, OSError) as error:
+        raise _fail("eval", error) from None
     cfg, bench, learner = restore(payload, device=args.device)
     label = args.label or f"{cfg.map} ({payload['iteration']} it.)"
     result = evaluate(
@@ -416,7 +551,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         label=label,
         progress=not args.no_progress,
     )
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
     paths = write_report({label: result}, out, name="eval")
     print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -426,6 +560,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mirroropt.workflow import TrainConfig, evaluate, train, write_report
 
+    out = _out_dir("demo", args.out)
     quick = args.quick
     iterations = args.iterations or (2 if quick else 150)
     tasks = args.eval_tasks or (10 if quick else 200)
@@ -446,13 +581,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.benchmark == "sinusoid":
         base.update(k_shot=10, q_query=10, meta_batch=25)
     max_steps = 3 if quick else 10
+    methods = (("MAML (identity)", "identity"), (f"learned map ({args.map})", args.map))
+    configs = {label: TrainConfig(map=name, **base) for label, name in methods}
+    bench = None
+    for cfg in configs.values():  # both maps are checked before MAML trains
+        bench = _preflight("demo", cfg, bench)
     results, t0 = {}, time.perf_counter()
-    for label, map_name in (
-        ("MAML (identity)", "identity"),
-        (f"learned map ({args.map})", args.map),
-    ):
-        cfg = TrainConfig(map=map_name, **base)
-        run = train(cfg, progress=not args.no_progress)
+    for label, cfg in configs.items():
+        run = train(cfg, progress=not args.no_progress, benchmark=bench)
         results[label] = evaluate(
             run.learner,
             run.benchmark,
@@ -463,7 +599,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             label=label,
             progress=not args.no_progress,
         )
-    paths = write_report(results, args.out, name="demo")
+    paths = write_report(results, out, name="demo")
     print(paths["md"].read_text())
     print(
         f"demo took {time.perf_counter() - t0:.0f} s; wrote {', '.join(str(p) for p in paths.values())}"
@@ -480,6 +616,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(results_report(args.out, publish=args.publish).read_text())
         return 0
 
+    _out_dir("reproduce", args.out)
     protocol = Protocol(
         iterations=args.iterations,
         sinusoid_iterations=args.sinusoid_iterations,

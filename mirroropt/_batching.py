@@ -11,6 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mirroropt._task_grads import collect_params, vmapped_meta_gradients
+from mirroropt._utils import NonFiniteError, is_transformed
 
 __all__ = ["map_tasks", "uses_batch_statistics"]
 
@@ -45,6 +46,7 @@ def map_tasks(
     strategy: Literal["auto", "vmap", "loop"] = "auto",
     params: Any = None,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> Any:
     r"""Apply ``fn`` to each task (slice ``i`` of every tensor in ``tasks``) and stack the results.
 
@@ -73,6 +75,11 @@ def map_tasks(
         params: tensors/modules to differentiate the per-task outputs with respect to (a tensor,
             module, or a mapping/iterable of them); enables the exact vmapped path above.
         chunk_size: tasks per ``vmap`` call (bounds memory); ``None`` maps all tasks at once.
+        check_finite: raise :class:`~mirroropt.NonFiniteError` if an output of a task is not
+            finite (every path: under ``vmap`` the inner checks of :func:`mirroropt.adapt` cannot
+            run, so the stacked outputs are checked once the transform returns, and the first
+            offending task is re-run eagerly to name the inner step where it went wrong).
+            Skipped when ``map_tasks`` itself runs under an outer ``torch.func`` transform.
 
     Returns:
         ``fn``'s outputs stacked along a new leading dimension of size B (same structure).
@@ -83,6 +90,8 @@ def map_tasks(
             non-positive ``chunk_size``, or (with ``params``) ``fn`` depending on a tensor that
             requires grad but is not named in ``params``.
         RuntimeError: on a higher-order gradient of a result computed with ``params``.
+        NonFiniteError: (a ``ValueError``) with ``check_finite``, naming the task and, where the
+            inner loop reports it, the step and tensors that are not finite.
 
     Example:
         >>> import torch
@@ -119,7 +128,8 @@ def map_tasks(
                 f"them with track_running_stats=False (as mirroropt.models.Conv4 does), or drop "
                 f"`params` to use the per-task loop."
             )
-        return vmapped_meta_gradients(fn, tasks, meta, chunk_size=chunk_size)
+        out = vmapped_meta_gradients(fn, tasks, meta, chunk_size=chunk_size)
+        return _checked(out, fn, tasks, check_finite, rerun=True)
     if strategy == "vmap" and offending:
         raise ValueError(
             f"`model` normalizes with batch statistics in {offending}; torch.func.vmap gives wrong "
@@ -128,9 +138,55 @@ def map_tasks(
             f"put BatchNorm in eval mode with running statistics, or use GroupNorm/LayerNorm."
         )
     if strategy == "vmap" or (strategy == "auto" and not offending):
-        return torch.func.vmap(fn, chunk_size=chunk_size)(*tasks)
-    outputs = [fn(*(t[i] for t in tasks)) for i in range(int(sizes[0]))]  # type: ignore[arg-type]
-    return _stack(outputs)
+        return _checked(
+            torch.func.vmap(fn, chunk_size=chunk_size)(*tasks), fn, tasks, check_finite, rerun=True
+        )
+    outputs = [_task(fn, tasks, i) for i in range(int(sizes[0]))]  # type: ignore[arg-type]
+    return _checked(_stack(outputs), fn, tasks, check_finite, rerun=False)
+
+
+def _task(fn: Callable[..., Any], tasks: Sequence[Tensor], i: int) -> Any:
+    """``fn`` on task ``i``; an inner non-finite error is re-raised naming the task."""
+    try:
+        return fn(*(t[i] for t in tasks))
+    except NonFiniteError as error:
+        raise NonFiniteError(f"Task {i} of {tasks[0].shape[0]}: {error}") from error
+
+
+def _checked(
+    out: Any, fn: Callable[..., Any], tasks: Sequence[Tensor], check: bool, *, rerun: bool
+) -> Any:
+    """The check a transform disables, run after it returns: every task's outputs are finite.
+
+    On failure the first offending task is re-run eagerly (``rerun``, the ``vmap`` path), where
+    :func:`mirroropt.adapt`'s own checks name the inner step; otherwise the outputs are named.
+    """
+    leaves = [t for t in _leaves(out) if t.is_floating_point() or t.is_complex()]
+    if not check or not leaves or is_transformed(leaves):
+        return out
+    n = tasks[0].shape[0]
+    with torch.no_grad():
+        ok = torch.stack([torch.isfinite(t.reshape(n, -1)).all(dim=1) for t in leaves]).all(0)
+    bad = [i for i, good in enumerate(ok.tolist()) if not good]
+    if not bad:
+        return out
+    if rerun:
+        _task(fn, tasks, bad[0])  # raises with the inner step where the check can see it
+    raise NonFiniteError(
+        f"`fn` returned a non-finite value for task(s) {bad} of {n} (the inner gradients were "
+        f"finite where checked): check the query data, the loss and `lr`, or pass "
+        f"check_finite=False to let it through."
+    )
+
+
+def _leaves(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [leaf for o in out for leaf in _leaves(o)]
+    if isinstance(out, dict):
+        return [leaf for o in out.values() for leaf in _leaves(o)]
+    return []
 
 
 def _stack(outputs: Sequence[Any]) -> Any:

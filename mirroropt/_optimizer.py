@@ -30,21 +30,31 @@ class MirrorDescent(Optimizer):
     :func:`mirroropt.adapt` or the integrations.
 
     Args:
-        params: the parameters, as ``model.named_parameters()`` (names are matched to the map),
-            an iterable of tensors (matched to the map's names in order), or param-group dicts.
+        params: the parameters: ``model.named_parameters()`` (names are matched to the map),
+            param-group dicts whose ``"params"`` are ``(name, tensor)`` pairs, or unnamed tensors
+            (``model.parameters()``) that are the very tensors the map was built from (matched
+            by identity, never by position, which would swap same-shaped tensors); other unnamed
+            tensors are refused. Every tensor must be floating point and require grad (a map couples
+            tensors, so a frozen one would still be moved; build the map and the optimizer over
+            the trainable tensors only).
         mirror_map: the inverse mirror map :math:`g`, built for exactly these parameters. It is
             held by reference (not in ``param_groups``), so its learnable parameters are never
             copied.
         lr: step size :math:`\alpha > 0` (default for groups that set none).
         z0: optional dual initialization name → tensor, required for maps without ``to_dual``;
             the parameters are set to :math:`\phi_0 = g(z_0)` at construction.
+            :meth:`load_state_dict` then sets them to :math:`g(z)` of the loaded duals, so a
+            resumed run is the same whether the model's weights are loaded before or after the
+            optimizer is built.
         check_finite: raise on non-finite gradients instead of writing NaNs into the model.
 
     Raises:
-        TypeError: if ``mirror_map`` is not a :class:`~mirroropt.maps.MirrorMap`, or it has no
-            ``to_dual`` and ``z0`` is missing.
-        ValueError: if ``lr`` is not positive, or the parameters do not fit the map (names,
-            count or shapes).
+        TypeError: if ``mirror_map`` is not a :class:`~mirroropt.maps.MirrorMap`, it has no
+            ``to_dual`` and ``z0`` is missing, ``params`` are unnamed, or a parameter is not
+            floating point.
+        ValueError: if ``lr`` is not positive (or a tensor that is not a scalar), a parameter
+            does not require grad, or the parameters do not fit the map (names, count or
+            shapes).
 
     Example:
         >>> import torch
@@ -97,14 +107,57 @@ class MirrorDescent(Optimizer):
     def _match_names(self) -> dict[Tensor, str]:
         params = [p for group in self.param_groups for p in group["params"]]
         given = [n for group in self.param_groups for n in group.get("param_names", [])]
-        names = given if len(given) == len(params) else list(self.mirror_map.names)
-        if len(names) != len(params):
+        if not given:  # unnamed: by identity with the tensors the map was built from
+            known = [self.mirror_map.source_name(p) for p in params]
+            given = [n for n in known if n is not None] if None not in known else []
+        if len(given) != len(params):
+            raise TypeError(
+                f"`params` must be named, e.g. model.named_parameters() or param groups of "
+                f"(name, tensor) pairs, or be the very tensors the map was built from; got "
+                f"{len(params) - len(given)} tensor(s) it cannot name. Names are matched to the "
+                f"map's {list(self.mirror_map.names)}; matching by position would silently swap "
+                f"same-shaped tensors."
+            )
+        if len(given) != len(self.mirror_map.names):
             raise ValueError(
                 f"`params` has {len(params)} tensors but `mirror_map` was built for "
                 f"{len(self.mirror_map.names)}: {list(self.mirror_map.names)}."
             )
-        self.mirror_map.check_fits(dict(zip(names, params)), argument="params")
-        return {p: n for p, n in zip(params, names)}
+        integral = [n for n, p in zip(given, params) if not p.is_floating_point()]
+        if integral:
+            raise TypeError(
+                f"`params` must be floating point, got {params[given.index(integral[0])].dtype} "
+                f"for {integral}."
+            )
+        self._check_trainable(zip(given, params))
+        self.mirror_map.check_fits(dict(zip(given, params)), argument="params")
+        return {p: n for p, n in zip(params, given)}
+
+    @staticmethod
+    def _check_trainable(named: Iterable[tuple[str, Tensor]]) -> None:
+        frozen = [n for n, p in named if not p.requires_grad]
+        if frozen:
+            raise ValueError(
+                f"`params` {frozen} do not require grad; MirrorDescent would still move them "
+                f"(a map couples tensors). Build the map and the optimizer over the trainable "
+                f"tensors only, e.g. [(n, p) for n, p in model.named_parameters() if "
+                f"p.requires_grad]."
+            )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        r"""Load a state saved by :meth:`state_dict`, then set every parameter to :math:`g(z)`.
+
+        The parameters are a function of the duals, so writing :math:`\phi = g(z)` restores a
+        consistent :math:`(\phi, z)` whatever the order of ``model.load_state_dict`` and the
+        optimizer's construction (which, with ``z0``, wrote :math:`g(z_0)` into them).
+        """
+        super().load_state_dict(state_dict)
+        if all("z" in self.state[p] for p in self._names):
+            with torch.no_grad():
+                z = {n: self.state[p]["z"] for p, n in self._names.items()}
+                phi = F.to_primal(self.mirror_map, z)
+                for p, n in self._names.items():
+                    p.copy_(phi[n])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
@@ -114,12 +167,15 @@ class MirrorDescent(Optimizer):
         their primal value may, for maps that couple tensors).
 
         Raises:
-            ValueError: if a gradient is not finite (with ``check_finite=True``).
+            NonFiniteError: (a ``ValueError``) if a gradient is not finite (with
+                ``check_finite=True``); the parameters are left untouched.
+            ValueError: if a parameter was frozen (``requires_grad=False``) after construction.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_trainable((n, p) for p, n in self._names.items())
         if any("z" not in self.state[p] for p in self._names):
             self._init_duals()
         z: dict[str, Tensor] = {}

@@ -8,7 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["is_transformed", "key_of", "shapes_of"]
+__all__ = ["NonFiniteError", "is_transformed", "key_of", "shapes_of"]
+
+
+class NonFiniteError(ValueError):
+    """A gradient, loss or parameter that must be finite is not (``nan`` or ``inf``).
+
+    A ``ValueError``, so ``except ValueError`` keeps working; raised by :func:`mirroropt.adapt`
+    (inner gradients, eager), :func:`mirroropt.map_tasks` (every path, after ``vmap`` returns),
+    :class:`mirroropt.MirrorDescent` and the training workflow.
+    """
 
 
 def is_transformed(tensors: Iterable[Tensor]) -> bool:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mirroropt._types import LR, Params
-from mirroropt._utils import is_transformed
+from mirroropt._utils import NonFiniteError, is_transformed
 from mirroropt.maps._base import MirrorMap
 
 __all__ = ["Trajectory", "adapt", "adapt_trajectory", "init", "step", "to_primal"]
@@ -103,8 +103,9 @@ def step(
         mirror_map: the map (its names and shapes validate ``z`` and ``grads``).
         z: the dual variable, a dict name → tensor.
         grads: :math:`\nabla_\phi L` at :math:`\phi = g(z)`, same names and shapes.
-        lr: step size :math:`\alpha > 0`: a number, a scalar (possibly learnable) tensor, or a
-            mapping name → number/tensor for one step size per tensor.
+        lr: step size :math:`\alpha > 0`: a number, a 0-d (possibly learnable) tensor, or a
+            mapping name → number/tensor for one step size per tensor, where a tensor is 0-d or
+            has exactly that tensor's shape (one step size per coordinate, as Meta-SGD).
 
     Returns:
         The new dual variable; with a number ``lr`` each entry is computed as
@@ -112,7 +113,8 @@ def step(
 
     Raises:
         ValueError: if ``lr`` is not positive and finite (numbers always; tensors when not under a
-            ``torch.func`` transform), or if ``grads`` do not fit the map.
+            ``torch.func`` transform), a tensor ``lr`` has another shape than above, or
+            ``grads`` do not fit the map.
         TypeError: if ``lr`` has an unsupported type.
 
     Example:
@@ -125,7 +127,7 @@ def step(
     _check_map(mirror_map)
     mirror_map.check_fits(z, argument="z")
     mirror_map.check_fits(grads, argument="grads")
-    _check_lr(lr, mirror_map.names)
+    _check_lr(lr, mirror_map.shapes)
     return _step(mirror_map.names, z, grads, lr)
 
 
@@ -159,7 +161,8 @@ def adapt(
         phi: primal initialization :math:`\phi_0` (needs ``mirror_map.has_to_dual``).
         z: dual initialization :math:`z_0` (e.g. MetaMiDA's learned :math:`\theta_z`); give
             exactly one of ``phi`` and ``z``.
-        lr: step size :math:`\alpha` (number, tensor, or mapping name → number/tensor).
+        lr: step size :math:`\alpha` (number, 0-d tensor, or mapping name → number/tensor; see
+            :func:`step` for the shapes a tensor may have).
         steps: number of inner steps :math:`K \ge 0`.
         first_order: treat the inner gradients as constants (first-order MAML); the meta-gradient
             still flows through the map.
@@ -256,7 +259,7 @@ def _run(
         z_k = _alias(z, steps)
         phi_k = g(z_k)
     names = mirror_map.names
-    _check_lr(lr, names)
+    _check_lr(lr, mirror_map.shapes)
     grad_and_value = torch.func.grad_and_value(loss_fn)
     out = Trajectory([phi_k], [z_k], [], [])
     finite: list[Tensor] = []  # per-step flags, read once after the loop (one host-device sync)
@@ -298,7 +301,7 @@ def _raise_unless_finite(finite: list[Tensor], names: tuple[str, ...]) -> None:
     rows = flags.tolist()
     k = next(i for i, row in enumerate(rows) if not all(row))
     bad = [n for n, good in zip(names, rows[k]) if not good]
-    raise ValueError(
+    raise NonFiniteError(
         f"The gradient of `loss_fn` at inner step {k} is not finite for {bad}; check the loss, "
         f"the inputs and `lr` (or pass check_finite=False to let it through)."
     )
@@ -344,18 +347,23 @@ def _check_map(mirror_map: object) -> None:
         )
 
 
-def _check_lr(lr: LR, names: tuple[str, ...]) -> None:
+def _check_lr(lr: LR, shapes: Mapping[str, torch.Size]) -> None:
     if isinstance(lr, Mapping):
-        missing = [n for n in names if n not in lr]
+        missing = [n for n in shapes if n not in lr]
         if missing:
             raise ValueError(f"`lr` is a mapping but has no step size for {missing}.")
-        for n in names:
-            _check_one_lr(lr[n], f"lr[{n!r}]")
+        for n, shape in shapes.items():
+            _check_one_lr(lr[n], f"lr[{n!r}]", shape=shape)
     else:
         _check_one_lr(lr, "lr")
 
 
-def _check_one_lr(lr: object, argument: str) -> None:
+def _check_one_lr(lr: object, argument: str, *, shape: torch.Size | None = None) -> None:
+    """Type, shape and (eager) value of one step size.
+
+    A tensor must be 0-d, or (``shape`` given: one tensor's own step size) exactly ``shape``:
+    anything else would broadcast ``z - lr * g`` to another shape, or fail deep inside the step.
+    """
     if isinstance(lr, bool) or not isinstance(lr, (numbers.Real, Tensor)):
         raise TypeError(
             f"`{argument}` must be a positive number or tensor, got {type(lr).__name__}."
@@ -366,6 +374,13 @@ def _check_one_lr(lr: object, argument: str) -> None:
         return
     if not lr.is_floating_point():
         raise TypeError(f"`{argument}` must be a floating-point tensor, got dtype {lr.dtype}.")
+    if lr.dim() != 0 and (shape is None or lr.shape != shape):
+        expected = "a 0-d (scalar) tensor" + (
+            f" or one of the tensor's shape {tuple(shape)}"
+            if shape is not None
+            else "; for per-tensor step sizes pass a mapping name → step size"
+        )
+        raise ValueError(f"`{argument}` must be {expected}, got shape {tuple(lr.shape)}.")
     if not is_transformed([lr]):
         with torch.no_grad():
             if not bool(torch.all(torch.isfinite(lr) & (lr > 0))):
@@ -380,7 +395,7 @@ def _check_finite(grads: Mapping[str, Tensor], what: str) -> None:
         ok = torch.stack([torch.isfinite(t).all() for t in tensors])
         if not bool(ok.all()):
             bad = [n for n, good in zip(grads, ok.tolist()) if not good]
-            raise ValueError(
+            raise NonFiniteError(
                 f"{what} is not finite for {bad}; check the loss, the inputs and `lr` (or pass "
                 f"check_finite=False to let it through)."
             )

@@ -94,3 +94,56 @@ def test_map_tasks_errors() -> None:
         TypeError, match=r"`fn` must return a tensor or a tuple/list/dict of tensors, got str"
     ):
         mo.map_tasks(lambda t: "no", x, model=None, strategy="loop")
+
+
+def _nan_task_batch(where: str) -> tuple[nn.Module, object, tuple[Tensor, ...]]:
+    """A GroupNorm Conv4 (so "auto" vmaps) and 3 tasks with one NaN pixel in task 1."""
+    model = conv4(norm="group")
+    xs, ys, xq, yq = image_tasks(3, 2)
+    (xs if where == "support" else xq)[1, 0, 0, 0, 0] = float("nan")
+    g_map = Diagonal(model).double()
+    params = dict(model.named_parameters())
+
+    def task(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
+        loss = lambda p: tnf.cross_entropy(functional_call(model, p, (x_s,)), y_s)  # noqa: E731
+        phi = mo.adapt(g_map, loss, params, lr=0.1, steps=2)
+        return tnf.cross_entropy(functional_call(model, phi, (x_q,)), y_q)
+
+    return model, task, (xs, ys, xq, yq)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "vmap", "loop"])
+def test_non_finite_inner_gradient_is_caught_on_every_path_naming_task_and_step(
+    strategy: str,
+) -> None:
+    # Reproducer (issue 11): under vmap the inner finite check is skipped, and a NaN meta-loss
+    # came back silently while strategy="loop" raised.
+    model, task, tasks = _nan_task_batch("support")
+    with pytest.raises(
+        mo.NonFiniteError,
+        match=r"Task 1 of 3: The gradient of `loss_fn` at inner step 0 is not finite",
+    ):
+        mo.map_tasks(task, *tasks, model=model, strategy=strategy)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_non_finite_output_is_caught_naming_the_task(strategy: str) -> None:
+    model, task, tasks = _nan_task_batch("query")
+    with pytest.raises(ValueError, match=r"non-finite value for task\(s\) \[1\] of 3"):
+        mo.map_tasks(task, *tasks, model=model, strategy=strategy)  # type: ignore[arg-type]
+    out = mo.map_tasks(task, *tasks, model=model, strategy=strategy, check_finite=False)  # type: ignore[arg-type]
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+
+
+def test_finite_check_is_skipped_under_an_outer_transform() -> None:
+    x = torch.tensor([[1.0, 0.0], [2.0, 3.0]])
+    # log(0) = -inf in task 0, but inside vmap the value cannot be inspected: no error, the
+    # outer caller's check (here: the outer map_tasks) catches it once its transform returns
+    inner = lambda row: mo.map_tasks(torch.log, row, model=None, strategy="vmap")  # noqa: E731
+    out = torch.func.vmap(inner)(x)
+    assert torch.isinf(out[0, 1])
+    with pytest.raises(
+        mo.NonFiniteError,
+        match=r"Task 0 of 2: `fn` returned a non-finite value for task\(s\) \[1\] of 2",
+    ):
+        mo.map_tasks(inner, x, model=None, strategy="vmap")

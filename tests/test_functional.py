@@ -381,3 +381,32 @@ def test_map_construction_errors() -> None:
         "weight": (3, 2),
         "bias": (3,),
     }
+
+
+def test_tensor_lr_must_be_scalar_or_exactly_the_tensors_shape() -> None:
+    # Reproducer (issue 11): lr of shape (1, 1) silently reshaped a bias from (4,) to (1, 4);
+    # other shapes gave raw broadcasting errors.
+    from mirroropt.maps import Identity
+
+    shapes = {"w": (4, 3), "b": (4,)}
+    g_map = Identity(shapes)
+    z = {n: torch.ones(s, dtype=torch.float64) for n, s in shapes.items()}
+    grads = {n: torch.full(s, 2.0, dtype=torch.float64) for n, s in shapes.items()}
+    with pytest.raises(ValueError, match=r"`lr` must be a 0-d \(scalar\) tensor; for per-tensor"):
+        mo.step(g_map, z, grads, torch.full((1, 1), 0.1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"`lr` must be a 0-d .* got shape \(4,\)"):
+        mo.adapt(g_map, lambda p: p["b"].sum(), z, lr=torch.ones(4, dtype=torch.float64), steps=1)
+    with pytest.raises(
+        ValueError,
+        match=r"`lr\['b'\]` must be a 0-d \(scalar\) tensor or one of the tensor's "
+        r"shape \(4,\), got shape \(1, 4\)",
+    ):
+        mo.step(g_map, z, grads, {"w": 0.1, "b": torch.ones(1, 4, dtype=torch.float64)})
+    per_coordinate = {
+        "w": torch.linspace(0.1, 1.2, 12, dtype=torch.float64).reshape(4, 3),
+        "b": torch.tensor(0.5, dtype=torch.float64),
+    }
+    new = mo.step(g_map, z, grads, per_coordinate)
+    assert new["b"].shape == (4,)
+    assert torch.equal(new["w"], 1.0 - per_coordinate["w"] * 2.0)  # Meta-SGD's z - α ⊙ g
+    assert torch.equal(new["b"], torch.zeros(4, dtype=torch.float64))

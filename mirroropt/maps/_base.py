@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from mirroropt._types import Params
 from mirroropt._utils import shapes_of
@@ -63,7 +64,21 @@ class MirrorMap(nn.Module, abc.ABC):
 
     def __init__(self, params: Any) -> None:
         super().__init__()
+        if not isinstance(params, (nn.Module, Mapping, Tensor, str, bytes)):
+            params = list(params) if isinstance(params, Iterable) else params
         self.shapes = shapes_of(params)
+        # the tensors the map was built from, by identity (weakly), so an optimizer given unnamed
+        # tensors (net.parameters()) can name them; not pickled or copied (see __getstate__)
+        self.__dict__["_source_names"] = _source_names(params)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in dict(state).items() if k != "_source_names"}
+
+    def source_name(self, tensor: Tensor) -> str | None:
+        """The name of ``tensor`` if the map was built from it (by identity), else ``None``."""
+        names = self.__dict__.get("_source_names")
+        return None if names is None else names.get(tensor)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -176,3 +191,18 @@ class MirrorMap(nn.Module, abc.ABC):
                     f"{type(self).__name__}'s parameters are {own.dtype} on {own.device}; move the "
                     f"map with `mirror_map.to(...)` to match."
                 )
+
+
+def _source_names(params: Any) -> WeakIdKeyDictionary:
+    """``tensor → name`` (weak, by identity) for the tensors among ``params``."""
+    if isinstance(params, nn.Module):
+        items: Iterable[Any] = params.named_parameters()
+    elif isinstance(params, Mapping):
+        items = params.items()
+    else:
+        items = params if isinstance(params, list) else []
+    out = WeakIdKeyDictionary()
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Tensor):
+            out[item[1]] = item[0]
+    return out

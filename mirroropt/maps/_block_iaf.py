@@ -40,7 +40,10 @@ def _squared_spectral_norms(mats: Sequence[Tensor]) -> Tensor:
     grams = [m @ m.mT if m.shape[0] <= m.shape[1] else m.mT @ m for m in mats]
     size = max(g.shape[0] for g in grams)
     padded = [F.pad(g, (0, size - g.shape[0], 0, size - g.shape[0])) for g in grams]
-    return torch.linalg.eigvalsh(torch.stack(padded))[:, -1]
+    stacked = torch.stack(padded)
+    if stacked.dtype in (torch.float16, torch.bfloat16):  # no half eigvalsh; products overflow
+        return torch.linalg.eigvalsh(stacked.float())[:, -1]
+    return torch.linalg.eigvalsh(stacked)[:, -1]
 
 
 class _Block(nn.Module):
@@ -372,6 +375,8 @@ class BlockIAF(MirrorMap):
         lo, hi = math.inf, -math.inf
         for (_, shape), block in zip(self.shapes.items(), self._blocks()):
             scale, _ = self._affine(block, shape, None, None)
+            if not scale.numel():  # a zero-size tensor constrains nothing
+                continue
             lo, hi = min(lo, float(scale.min())), max(hi, float(scale.max()))
         return lo, hi
 

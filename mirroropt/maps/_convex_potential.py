@@ -224,7 +224,7 @@ class ConvexPotential(MirrorMap):
     def _tensor_potential(self, name: str, z: Tensor) -> Tensor:
         mu, in0, bias0, mix, in1, bias1, out = self._weights(name)
         shape = self.shapes[name]
-        rows = z.reshape(shape[0] if len(shape) > 0 else 1, -1)
+        rows = z.reshape(shape[0] if len(shape) > 0 else 1, math.prod(shape[1:]))  # 0-size too
         x = torch.stack(
             [
                 rows,
@@ -266,7 +266,7 @@ class ConvexPotential(MirrorMap):
         def to_primal(z: Mapping[str, Tensor]) -> Params:
             out: Params = {}
             for names, shape, rows, weights in stacked:
-                zs = torch.stack([z[n].reshape(rows, -1) for n in names])
+                zs = torch.stack([z[n].reshape(rows, math.prod(shape[1:])) for n in names])
                 grads = _icnn_gradient(zs, weights)
                 for n, g in zip(names, grads.unbind(0)):
                     out[n] = g.reshape(shape)
@@ -389,7 +389,7 @@ class ConvexPotential(MirrorMap):
             bounds = []
             for name in self.shapes:
                 mu, in0, _, mix, in1, _, out = self._weights(name)
-                n0, n1, nw = (torch.linalg.matrix_norm(m, ord=2) for m in (in0, in1, mix))
+                n0, n1, nw = (torch.linalg.matrix_norm(m.double(), ord=2) for m in (in0, in1, mix))
                 hess = 0.25 * (out.max() * (nw * n0 + n1) ** 2 + (mix.T @ out).max() * n0**2)
                 bounds.append(float(mu + FEATURES * hess))
             return max(bounds)

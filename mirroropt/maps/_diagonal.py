@@ -103,11 +103,11 @@ class Diagonal(MirrorMap):
 
     def monotonicity_modulus(self) -> float:
         with torch.no_grad():
-            return min(float(d.min()) for d in self.scales())
+            return min(float(d.min()) for d in self.scales() if d.numel())
 
     def lipschitz_constant(self) -> float:
         with torch.no_grad():
-            return max(float(d.max()) for d in self.scales())
+            return max(float(d.max()) for d in self.scales() if d.numel())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, per={self.per!r}"

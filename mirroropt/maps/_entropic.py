@@ -142,13 +142,19 @@ class Entropic(MirrorMap):
                         f"`dim`={dim} must be an axis of every tensor for domain='simplex', but "
                         f"{name!r} has shape {tuple(shape)}."
                     )
+                others = math.prod(s for i, s in enumerate(shape) if i != dim % len(shape))
+                if shape[dim] == 0 and others > 0:  # slices that are empty simplices
+                    raise ValueError(
+                        f"`dim`={dim} of {name!r} (shape {tuple(shape)}) has size 0: a "
+                        f"probability simplex needs at least one coordinate."
+                    )
         self.domain = domain
         self.dim = int(dim)
 
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
         zs = [z[n] for n in self.shapes]
-        if self.domain == "simplex":
-            phis = [_softmax(zi, self.dim) for zi in zs]
+        if self.domain == "simplex":  # (a zero-size tensor has no slice: passed through)
+            phis = [_softmax(zi, self.dim) if zi.numel() else zi for zi in zs]
         elif is_transformed(zs):
             phis = [torch.exp(zi) for zi in zs]
         else:
@@ -189,7 +195,7 @@ class Entropic(MirrorMap):
                         f"`phi[{name!r}]` must be non-negative for Entropic(domain="
                         f"{self.domain!r}), got a minimum of {float(p.min()):.6g}."
                     )
-                if self.domain == "simplex":
+                if self.domain == "simplex" and p.numel():
                     err = float((p.sum(dim=self.dim) - 1).abs().max())
                     if err > math.sqrt(torch.finfo(p.dtype).eps):
                         raise ValueError(

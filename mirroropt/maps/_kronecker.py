@@ -25,6 +25,10 @@ _MODES: dict[int, tuple[str, ...]] = {
 }
 _LETTERS = "abc"
 
+#: dtypes whose matrix exponential and eigenvalues are computed in float32 (torch's half-precision
+#: ``matrix_exp`` on CPU returns inf/nan or values off by ~2e4; ``eigvalsh`` has no half kernel).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 
 def _mode_sizes(shape: torch.Size) -> tuple[int, ...]:
     """Sizes of the modes a tensor is factored over: (), (n,), (O, I) or (O, I, prod(rest))."""
@@ -188,7 +192,11 @@ class Kronecker(MirrorMap):
         }
         for group in dense.values():
             stacked = torch.stack([s for _, _, s in group])
-            exps = torch.linalg.matrix_exp(sign * 0.5 * (stacked + stacked.mT))
+            sym = sign * 0.5 * (stacked + stacked.mT)
+            if sym.dtype in _LOW_PRECISION:  # half-precision matrix_exp is off by ~1e4 on CPU
+                exps = torch.linalg.matrix_exp(sym.float()).to(sym.dtype)
+            else:
+                exps = torch.linalg.matrix_exp(sym)
             for (name, j, _), a in zip(group, exps.unbind(0)):
                 out[name][j] = a
         return out
@@ -236,9 +244,10 @@ class Kronecker(MirrorMap):
         """(λ_min, λ_max) of each tensor's P = ⊗ A_j, from the factors' logarithms."""
         out = []
         with torch.no_grad():
-            for name in self.shapes:
+            for name in (n for n, s in self.shapes.items() if s.numel()):  # 0-size: no bound
                 low = high = 0.0  # log-eigenvalues add over a Kronecker product
                 for s in self._logs(name):
+                    s = s.float() if s.dtype in _LOW_PRECISION else s
                     lam = torch.linalg.eigvalsh(0.5 * (s + s.mT)) if s.ndim == 2 else s.reshape(-1)
                     low += float(lam.min())
                     high += float(lam.max())

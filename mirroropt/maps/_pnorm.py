@@ -39,7 +39,7 @@ def _half_sq_norm_grad(x: Tensor, r: float) -> Tensor:
     :math:`r` (e.g. :math:`r = 15` at :math:`p = 1 + 1/\ln 10^6`). At :math:`x = 0` it returns 0
     with the identity as derivative (see :class:`PNorm`).
     """
-    if r == 2.0:
+    if r == 2.0 or x.numel() == 0:  # an empty group: nothing to normalize
         return x
     c = x.detach().abs().amax()
     c = torch.where(c > 0, c, torch.ones_like(c))
@@ -47,7 +47,9 @@ def _half_sq_norm_grad(x: Tensor, r: float) -> Tensor:
     s = (v * _signed_pow(v, r - 1)).sum()  # Σ|v_i|^r ∈ [1, d], or 0 exactly when x = 0
     nonzero = s > 0
     norm_v = torch.where(nonzero, s, torch.ones_like(s)).pow(1.0 / r)
-    out = (c * norm_v) * _signed_pow(v / norm_v, r - 1)
+    # c last: c * norm_v alone overflows float32 for |x| near its max (1e38 · d^{1/r} > 3.4e38)
+    # even where the result fits, and inf · 0 was nan at zero coordinates
+    out = c * (norm_v * _signed_pow(v / norm_v, r - 1))
     return torch.where(nonzero, out, x)
 
 
@@ -107,7 +109,10 @@ class PNorm(MirrorMap):
     returned as 0. At the origin of a norm group (all of ``z`` with ``per="all"``, a whole tensor
     with ``per="tensor"``, e.g. a zero-initialized bias), the map is not differentiable unless
     :math:`p = 2`; the derivative returned there is the identity (that of :math:`p = 2`), so
-    meta-gradients keep flowing. No path produces ``nan`` or ``inf``.
+    meta-gradients keep flowing. No path produces ``nan``, and values are finite wherever the
+    result is representable (also in float32 at :math:`|z| \approx 10^{38}`, where the scaling
+    by the largest entry is applied last); derivatives at entries within a factor of about the
+    dimension of the largest float may overflow to ``inf`` in float32.
 
     Args:
         params: the tensors it acts on (a module, a mapping name → tensor/shape, or

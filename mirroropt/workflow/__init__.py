@@ -20,12 +20,14 @@ from mirroropt.workflow._benchmarks import (
     build_benchmark,
     task_seed,
 )
+from mirroropt.workflow._checkpoint import CheckpointError
 from mirroropt.workflow._evaluate import EvalResult, evaluate
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
 from mirroropt.workflow._report import markdown_table, plot_curves, plot_training, write_report
 from mirroropt.workflow._stats import mean_ci
 from mirroropt.workflow._train import (
     AdaptiveMetaStep,
+    TrainingInterrupted,
     TrainResult,
     load_checkpoint,
     make_meta_optimizer,
@@ -43,11 +45,13 @@ __all__ = [
     "BENCHMARKS",
     "AdaptiveMetaStep",
     "Benchmark",
+    "CheckpointError",
     "EvalResult",
     "MetaLearner",
     "TaskBatch",
     "TrainConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "bregman_divergence",
     "build_benchmark",
     "build_learner",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mirroropt._utils import NonFiniteError
 from mirroropt.workflow._benchmarks import Benchmark, build_benchmark, task_seed
+from mirroropt.workflow._checkpoint import FORMAT, read_payload, remove_stale_temp, write_payload
 from mirroropt.workflow._evaluate import evaluate
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
 
@@ -21,6 +24,7 @@ __all__ = [
     "VAL_SEED",
     "AdaptiveMetaStep",
     "TrainResult",
+    "TrainingInterrupted",
     "best_checkpoint_path",
     "load_checkpoint",
     "make_meta_optimizer",
@@ -28,7 +32,23 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = FORMAT
+
+
+class TrainingInterrupted(RuntimeError):
+    """:func:`train` stopped early because its ``stop`` event was set (the CLI sets it on SIGTERM).
+
+    Attributes:
+        iteration: meta-iterations done; the checkpoint (if any) holds exactly these.
+        checkpoint: the checkpoint written on stopping, or ``None`` without one.
+    """
+
+    def __init__(self, iteration: int, checkpoint: Path | None) -> None:
+        where = f"checkpoint {checkpoint} written" if checkpoint else "no checkpoint path given"
+        super().__init__(f"stopped at iteration {iteration}; {where}")
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
 
 #: Seed of the meta-validation tasks: the same tasks at every evaluation, in every run and seed.
 VAL_SEED = 2000
@@ -173,13 +193,27 @@ def save_checkpoint(
 ) -> None:
     """Write everything needed to resume exactly: backbone, map, dual init, meta-optimizer,
     adaptive-step state, RNG state, iteration, log, meta-validation log and the best iteration
-    so far (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    so far, and the number of torch threads (results depend on it in the last bits).
+
+    Written atomically (temp file, fsync, rename) with a SHA-256 checksum that
+    :func:`load_checkpoint` verifies (see :mod:`mirroropt.workflow._checkpoint`).
+
+    Raises:
+        NonFiniteError: if a weight of ``learner`` is not finite; nothing is written, so the
+            previous checkpoint at ``path`` (the last good one) stays.
+    """
+    state = learner.state_dict()
+    bad = [
+        n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise NonFiniteError(
+            f"The learner's weights {bad[:5]}{' …' if len(bad) > 5 else ''} are not finite at "
+            f"iteration {iteration}; checkpoint {str(path)!r} not written (the previous one stays)."
+        )
     payload = {
-        "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
-        "learner": learner.state_dict(),
+        "learner": state,
         "optimizer": optimizer.state_dict(),
         "iteration": iteration,
         "history": history,
@@ -187,29 +221,21 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "validation": list(validation or []),
         "best": dict(best or {}),
+        "threads": torch.get_num_threads(),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_payload(path, payload)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only`` safe loading).
+    """Read and verify a checkpoint written by :func:`save_checkpoint` (``weights_only`` loading).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if it is not a mirroropt checkpoint of a known format.
+        CheckpointError: (a ``ValueError``) with one line naming the file and what is wrong: a
+            directory, empty, truncated, text, not a torch archive, not a mirroropt checkpoint,
+            or a checksum that does not match (a changed bit).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"`checkpoint` {str(path)!r} does not exist.")
-    payload = torch.load(path, weights_only=True, map_location="cpu")
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"`checkpoint` {str(path)!r} is not a mirroropt checkpoint of format "
-            f"{CHECKPOINT_FORMAT}."
-        )
-    return payload
+    return read_payload(path)
 
 
 def restore(
@@ -234,6 +260,7 @@ def train(
     progress: bool = False,
     benchmark: Benchmark | None = None,
     log_every: int = 10,
+    stop: threading.Event | None = None,
     device: str | torch.device | None = None,
 ) -> TrainResult:
     """Meta-train ``cfg.iterations`` iterations (or the rest of them, with ``resume``).
@@ -252,18 +279,34 @@ def train(
         progress: show a tqdm progress bar with the running loss and metric.
         benchmark: a prebuilt benchmark (default: ``build_benchmark(cfg)``).
         log_every: progress-bar refresh interval (iterations).
+        stop: when this event is set (e.g. by a SIGTERM handler), finish the current
+            iteration, write the checkpoint and raise :class:`TrainingInterrupted`.
         device: where the learner and the task batches live (``"cuda"`` on a GPU; default the
             CPU). Tasks and seeds are the same on every device; checkpoints are portable.
 
     Returns:
         A :class:`TrainResult`.
 
+    A leftover ``<checkpoint>.tmp`` (a write that was killed) is deleted first. Every
+    meta-iteration checks that the meta-loss, its gradient and the updated weights are finite;
+    if not, training stops with :class:`~mirroropt.NonFiniteError` naming the iteration (and,
+    from :func:`mirroropt.map_tasks`, the task and inner step) and no checkpoint is written, so
+    the last good one stays.
+
     Raises:
-        ValueError: if ``resume`` without ``checkpoint``, or the checkpoint's config differs.
+        ValueError: if ``resume`` without ``checkpoint``, the checkpoint's config differs, it was
+            written with another number of torch threads, or holds more iterations than
+            ``cfg.iterations``.
         FileNotFoundError: if ``resume`` and the checkpoint does not exist.
+        CheckpointError: if a checkpoint to read is damaged (see :func:`load_checkpoint`).
+        NonFiniteError: as above.
+        TrainingInterrupted: when ``stop`` is set.
     """
     if resume and checkpoint is None:
         raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
+    if checkpoint is not None:
+        remove_stale_temp(Path(checkpoint))
+        remove_stale_temp(best_checkpoint_path(checkpoint))
     bench = benchmark if benchmark is not None else build_benchmark(cfg, device=device)
     learner = build_learner(cfg, bench)
     if device is not None:
@@ -299,6 +342,19 @@ def train(
                 f"`checkpoint` was written by a different run: fields {diff} differ from the "
                 f"given config; only `iterations` and `checkpoint_every` may change on resume."
             )
+        threads, now = payload.get("threads"), torch.get_num_threads()
+        if threads is not None and threads != now:
+            raise ValueError(
+                f"`checkpoint` {str(checkpoint)!r} was trained with --threads {threads}; resuming "
+                f"with --threads {now} would change its results (floating-point summation "
+                f"order): resume with --threads {threads} (torch.set_num_threads({threads}))."
+            )
+        if int(payload["iteration"]) > cfg.iterations:
+            raise ValueError(
+                f"--iterations {cfg.iterations} is below the {payload['iteration']} iterations "
+                f"the checkpoint {str(checkpoint)!r} already holds; pass --iterations "
+                f"{payload['iteration']} or more."
+            )
         learner.load_state_dict(payload["learner"])
         optimizer.load_state_dict(payload["optimizer"])
         if adaptive is not None and payload["adaptive"] is not None:
@@ -321,25 +377,39 @@ def train(
             first_order=cfg.first_order,
         )
 
+    saved_at: int | None = start if resume else None
+
+    def save(path: Path | str | os.PathLike[str], done: int) -> None:
+        nonlocal saved_at
+        save_checkpoint(
+            path,
+            config=cfg,
+            learner=learner,
+            optimizer=optimizer,
+            iteration=done,
+            history=history,
+            adaptive=adaptive,
+            validation=validation,
+            best=best,
+        )
+        if path == checkpoint:
+            saved_at = done
+
     bar = _progress(range(start, cfg.iterations), progress, cfg, start)
     t0 = time.perf_counter()
     for it in bar:
-        if adaptive is not None:
-            extra_seed = task_seed(cfg.seed, "train", it, stream=1)
-
-            def grad_fn(seed: int = extra_seed) -> list[Tensor]:
-                value, _ = objective(seed)
-                return list(
-                    torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
-                )
-
-            beta = adaptive.lr(params, grad_fn)
-            for group in optimizer.param_groups:
-                group["lr"] = beta * group.get("lr_ratio", 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        value, metric = objective(task_seed(cfg.seed, "train", it))
-        value.backward()
-        optimizer.step()
+        try:
+            value, metric = _meta_step(it, objective, params, optimizer, adaptive, cfg)
+        except NonFiniteError as error:
+            kept = (
+                f"kept the last good checkpoint {checkpoint} (iteration {saved_at})"
+                if checkpoint is not None and saved_at is not None
+                else "no checkpoint was written"
+            )
+            raise NonFiniteError(
+                f"Training stopped at meta-iteration {it + 1} of {cfg.iterations}: "
+                f"{str(error).rstrip('.')}; {kept}. Lower `lr`/`meta_lr`, or check the data."
+            ) from error
         row = {
             "iteration": it + 1,
             "loss": float(value.detach()),
@@ -364,42 +434,16 @@ def train(
                 best = {"iteration": done, "value": score}
                 best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
                 if best_path is not None:
-                    save_checkpoint(
-                        best_path,
-                        config=cfg,
-                        learner=learner,
-                        optimizer=optimizer,
-                        iteration=done,
-                        history=history,
-                        adaptive=adaptive,
-                        validation=validation,
-                        best=best,
-                    )
+                    save(best_path, done)
         if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            save_checkpoint(
-                checkpoint,
-                config=cfg,
-                learner=learner,
-                optimizer=optimizer,
-                iteration=done,
-                history=history,
-                adaptive=adaptive,
-                validation=validation,
-                best=best,
-            )
+            save(checkpoint, done)
+        if stop is not None and stop.is_set():
+            if checkpoint is not None and saved_at != done:
+                save(checkpoint, done)
+            raise TrainingInterrupted(done, Path(checkpoint) if checkpoint is not None else None)
     seconds = time.perf_counter() - t0
     if checkpoint is not None:
-        save_checkpoint(
-            checkpoint,
-            config=cfg,
-            learner=learner,
-            optimizer=optimizer,
-            iteration=max(start, cfg.iterations),
-            history=history,
-            adaptive=adaptive,
-            validation=validation,
-            best=best,
-        )
+        save(checkpoint, max(start, cfg.iterations))
     return TrainResult(
         cfg,
         learner,
@@ -411,6 +455,43 @@ def train(
         best_value=float(best.get("value", math.nan)),
         best_state=best_state,
     )
+
+
+def _meta_step(
+    it: int,
+    objective: Callable[[int], tuple[Tensor, Tensor]],
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    adaptive: AdaptiveMetaStep | None,
+    cfg: TrainConfig,
+) -> tuple[Tensor, Tensor]:
+    """One meta-iteration; raises NonFiniteError before a non-finite value reaches the weights."""
+    if adaptive is not None:
+        extra_seed = task_seed(cfg.seed, "train", it, stream=1)
+
+        def grad_fn(seed: int = extra_seed) -> list[Tensor]:
+            value, _ = objective(seed)
+            return list(
+                torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
+            )
+
+        beta = adaptive.lr(params, grad_fn)
+        for group in optimizer.param_groups:
+            group["lr"] = beta * group.get("lr_ratio", 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    value, metric = objective(task_seed(cfg.seed, "train", it))
+    if not bool(torch.isfinite(value.detach())):
+        raise NonFiniteError(f"the meta-loss is {float(value.detach())}")
+    value.backward()
+    _check_all_finite([p.grad for p in params if p.grad is not None], "the meta-gradient")
+    optimizer.step()
+    _check_all_finite([p.detach() for p in params], "a weight after the meta-step")
+    return value, metric
+
+
+def _check_all_finite(tensors: list[Tensor], what: str) -> None:
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise NonFiniteError(f"{what} is not finite")
 
 
 def meta_validate(learner: MetaLearner, benchmark: Benchmark, cfg: TrainConfig) -> float:

@@ -147,7 +147,7 @@ def test_a_module_in_a_param_group_is_refused() -> None:
     model = make_model()
     mirror_map = Diagonal(model).double()
     opt = MirrorDescent(
-        [{"params": list(model.parameters()), "mirror_map": mirror_map}], mirror_map, lr=LR
+        [{"params": list(model.named_parameters()), "mirror_map": mirror_map}], mirror_map, lr=LR
     )
     with pytest.raises(TypeError, match=r"holds an nn\.Module under 'mirror_map'.*deep-copies"):
         with higher.innerloop_ctx(model, opt):

@@ -181,7 +181,7 @@ def test_identity_at_initialization_is_gradient_descent_bit_for_bit() -> None:
     opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
     md_model = nn.Sequential(nn.Conv2d(2, 3, 2), nn.Flatten(), nn.Linear(12, 2)).double()
     md_model.load_state_dict(model.state_dict())
-    md = MirrorDescent(md_model.parameters(), Kronecker(md_model).double(), lr=0.1)
+    md = MirrorDescent(md_model.named_parameters(), Kronecker(md_model).double(), lr=0.1)
     for _ in range(3):
         for m, o in ((sgd_model, opt), (md_model, md)):
             o.zero_grad()

@@ -39,7 +39,7 @@ TINY = [
             ["train", "--out", "x", "--benchmark", "mnist"],
             r"unknown benchmark 'mnist'; available: .*fontglot",
         ),
-        (["train", "--out", "x", "--steps", "-1"], r"expected a non-negative integer, got -1"),
+        (["train", "--out", "x", "--steps", "-1"], r"expected a positive integer .*, got -1"),
         (["train", "--out", "x", "--lr", "0"], r"expected a positive finite number, got 0.0"),
         (["train", "--out", "x", "--meta-batch", "two"], r"expected a positive integer, got 'two'"),
         (["train", "--out", "x", "--meta-optimizer", "rmsprop"], r"invalid choice: 'rmsprop'"),

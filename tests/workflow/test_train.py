@@ -132,7 +132,9 @@ def test_config_and_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"`checkpoint` .*missing.pt' does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save({"format": 99}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"is not a mirroropt checkpoint of format 1"):
+    with pytest.raises(
+        ValueError, match=r"is not a mirroropt checkpoint of format 2 \(found format 99\)"
+    ):
         load_checkpoint(tmp_path / "other.pt")
     cfg = TrainConfig(**SYNTH, iterations=1, map="identity")
     train(cfg, checkpoint=tmp_path / "c.pt")
