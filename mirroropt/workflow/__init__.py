@@ -13,18 +13,18 @@ imported lazily.
 
 from __future__ import annotations
 
-from mirroropt.workflow._benchmarks import (
+from mirroropt.workflow._checkpoint import CheckpointError
+from mirroropt.workflow._evaluate import EvalResult, evaluate
+from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
+from mirroropt.workflow._report import markdown_table, plot_curves, plot_training, write_report
+from mirroropt.workflow._stats import mean_ci
+from mirroropt.workflow._tasks import (
     BENCHMARKS,
     Benchmark,
     TaskBatch,
     build_benchmark,
     task_seed,
 )
-from mirroropt.workflow._checkpoint import CheckpointError
-from mirroropt.workflow._evaluate import EvalResult, evaluate
-from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
-from mirroropt.workflow._report import markdown_table, plot_curves, plot_training, write_report
-from mirroropt.workflow._stats import mean_ci
 from mirroropt.workflow._train import (
     AdaptiveMetaStep,
     TrainingInterrupted,

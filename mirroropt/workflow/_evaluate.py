@@ -11,9 +11,9 @@ from torch import Tensor
 from mirroropt._batching import map_tasks
 from mirroropt._types import Params
 from mirroropt.functional import adapt_trajectory
-from mirroropt.workflow._benchmarks import Benchmark, task_seed
 from mirroropt.workflow._learner import MetaLearner
 from mirroropt.workflow._stats import mean_ci
+from mirroropt.workflow._tasks import Benchmark, task_seed
 
 __all__ = ["EvalResult", "evaluate"]
 

@@ -17,7 +17,7 @@ from mirroropt._types import Params
 from mirroropt._utils import key_of
 from mirroropt.functional import adapt, adapt_trajectory
 from mirroropt.maps import MAPS, MirrorMap
-from mirroropt.workflow._benchmarks import BENCHMARKS, Benchmark, TaskBatch
+from mirroropt.workflow._tasks import BENCHMARKS, Benchmark, TaskBatch
 from mirroropt.workflow.objectives import check_metamd_supported, metamd_bound
 
 __all__ = ["MetaLearner", "TrainConfig", "build_learner", "meta_loss"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mirroropt.workflow._benchmarks import SPLITS, Benchmark
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner
+from mirroropt.workflow._tasks import SPLITS, Benchmark
 
 __all__ = ["check_benchmark", "check_map_applies", "check_out_dir", "preflight"]
 

@@ -345,7 +345,7 @@ def _run_job(
         for shots in job.setting.eval_shots or (cfg.k_shot,):
             bench = run.benchmark
             if shots != cfg.k_shot:
-                from mirroropt.workflow._benchmarks import build_benchmark
+                from mirroropt.workflow._tasks import build_benchmark
 
                 bench = build_benchmark(replace(cfg, k_shot=shots), device=device)
             result = evaluate(

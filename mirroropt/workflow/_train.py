@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from mirroropt._utils import NonFiniteError
-from mirroropt.workflow._benchmarks import Benchmark, build_benchmark, task_seed
 from mirroropt.workflow._checkpoint import FORMAT, read_payload, remove_stale_temp, write_payload
 from mirroropt.workflow._evaluate import evaluate
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
+from mirroropt.workflow._tasks import Benchmark, build_benchmark, task_seed
 
 __all__ = [
     "VAL_SEED",

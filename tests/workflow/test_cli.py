@@ -175,7 +175,7 @@ def test_train_resume_eval_and_demo_write_their_files(
         == 0
     )
     out = capsys.readouterr().out
-    assert "MAML (identity)" in out and "learned map (kronecker)" in out and "k = 3" in out
+    assert "MAML (identity)" in out and "learned map (diagonal)" in out and "k = 3" in out
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
 
 
@@ -202,9 +202,9 @@ def test_demo_runs_on_the_shipped_fontglot(tmp_path, capsys: pytest.CaptureFixtu
     """The README's demo command, on its default (shipped, offline) data, at a tiny budget."""
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "MAML (identity)" in out and "learned map (kronecker)" in out
+    assert "MAML (identity)" in out and "learned map (diagonal)" in out
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert set(saved) == {"MAML (identity)", "learned map (kronecker)"}
+    assert set(saved) == {"MAML (identity)", "learned map (diagonal)"}
     for result in saved.values():
         accuracy = result["metric"]["mean"]
         assert len(accuracy) == 4 and all(0.0 <= a <= 1.0 for a in accuracy)

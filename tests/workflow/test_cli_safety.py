@@ -68,7 +68,7 @@ class _PoisonedBenchmark:
     """The synthetic benchmark, with one NaN pixel in the training batch of iteration ``bad``."""
 
     def __init__(self, cfg: TrainConfig, bad: int) -> None:
-        from mirroropt.workflow._benchmarks import task_seed
+        from mirroropt.workflow._tasks import task_seed
 
         self.inner = build_benchmark(cfg)
         self.bad_seed = task_seed(cfg.seed, "train", bad)

@@ -1,4 +1,6 @@
-"""Benchmarks: a model factory, a seeded task sampler and the task loss/metric, by name."""
+"""Task suites ("benchmarks" in the CLI): a model factory, a seeded task sampler and the task loss/metric, by name.
+
+Not the speed scripts of `benchmarks/`; this module was `_benchmarks.py`."""
 
 from __future__ import annotations
 
