@@ -636,6 +636,7 @@ def results_report(
         dest = Path(publish)
         (dest / "img").mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(text)
+        shutil.copy(out / "results.json", dest / "results.json")  # every per-seed curve
         for png in plots:
             shutil.copy(png, dest / "img" / png.name)
     return out / "results.md"

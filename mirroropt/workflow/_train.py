@@ -333,14 +333,17 @@ def train(
         # fields added after the checkpoint was written take their defaults (older runs resume)
         saved = TrainConfig.from_dict(dict(payload["config"])).to_dict()
         mine = cfg.to_dict()
-        for key in ("iterations", "checkpoint_every"):
+        # init_from only seeds a fresh run (a resumed one loads φ₀ from the checkpoint), so a
+        # runs folder that moved, with its sources, still resumes
+        for key in ("iterations", "checkpoint_every", "init_from"):
             saved.pop(key)
             mine.pop(key)
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
             raise ValueError(
                 f"`checkpoint` was written by a different run: fields {diff} differ from the "
-                f"given config; only `iterations` and `checkpoint_every` may change on resume."
+                f"given config; only `iterations`, `checkpoint_every` and `init_from` may change "
+                f"on resume."
             )
         threads, now = payload.get("threads"), torch.get_num_threads()
         if threads is not None and threads != now:

@@ -247,3 +247,20 @@ def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(tmp_pa
     torch.save(payload, tmp_path / "old.pt")
     run = train(dataclasses.replace(cfg, iterations=2), checkpoint=tmp_path / "old.pt", resume=True)
     assert [r["iteration"] for r in run.history] == [1, 2]
+
+
+def test_a_moved_runs_folder_resumes_although_init_from_changed(tmp_path: Path) -> None:
+    src = TrainConfig(**SYNTH, map="identity", iterations=1)
+    train(src, checkpoint=tmp_path / "a" / "maml.pt")
+    cfg = TrainConfig(
+        **SYNTH,
+        map="diagonal",
+        objective="metamd",
+        iterations=1,
+        init_from=str(tmp_path / "a" / "maml.pt"),
+    )
+    train(cfg, checkpoint=tmp_path / "a" / "md.pt")
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    moved = dataclasses.replace(cfg, iterations=2, init_from=str(tmp_path / "b" / "maml.pt"))
+    run = train(moved, checkpoint=tmp_path / "b" / "md.pt", resume=True)
+    assert [r["iteration"] for r in run.history] == [1, 2]
