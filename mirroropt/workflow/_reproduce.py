@@ -481,7 +481,13 @@ def reproduce(
     protocol = protocol or Protocol()
     out = Path(out_dir)
     chosen_settings = _select(SETTINGS, settings, "settings")
-    chosen_methods = [m for m in METHODS if methods is None or m.key in methods or m.map in methods]
+    chosen_methods = list(
+        dict.fromkeys(
+            METHODS
+            if methods is None
+            else [m for k in methods for m in METHODS if k in (m.key, m.map)]  # the caller's order
+        )
+    )
     if methods is not None:
         known = {m.key for m in METHODS} | {m.map for m in METHODS}
         unknown = sorted(set(methods) - known)
@@ -541,7 +547,8 @@ def _select(items: Sequence[Setting], keys: Sequence[str] | None, what: str) -> 
     unknown = sorted(set(keys) - {s.key for s in items})
     if unknown:
         raise ValueError(f"`{what}` {unknown} unknown; choose from {[s.key for s in items]}.")
-    return [s for s in items if s.key in keys]
+    by_key = {s.key: s for s in items}
+    return [by_key[k] for k in dict.fromkeys(keys)]  # the caller's order is the run order
 
 
 def _check_protocol(out: Path, protocol: Protocol) -> None:
