@@ -314,18 +314,30 @@ class _Runs:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                pid = int(lock.read_text() or "0")
-                os.kill(pid, 0)
+                pid, *boot = (lock.read_text() or "0").split()
+                if boot and boot[0] != _boot_id():
+                    raise ProcessLookupError  # written before a reboot or on another machine
+                os.kill(int(pid), 0)
                 return False  # a live worker holds it
             except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
                 lock.unlink(missing_ok=True)  # stale: its worker died
                 return self.claim(job)
         with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+            fh.write(f"{os.getpid()} {_boot_id()}")
         return True
 
     def release(self, job: _Job) -> None:
         (self.folder(job) / "lock").unlink(missing_ok=True)
+
+
+def _boot_id() -> str:
+    """This boot of this machine: a lock's pid means something only under the same boot id."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: the host name at least tells machines apart
+        import socket
+
+        return socket.gethostname()
 
 
 def _run_job(

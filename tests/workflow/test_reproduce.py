@@ -126,6 +126,39 @@ def test_stale_lock_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:
     assert _rec(tmp_path, "maml/seed0")["status"] == "ok" and not lock.exists()
 
 
+def test_lock_of_another_boot_is_stale_and_a_live_lock_is_respected(tmp_path: Path) -> None:
+    import os
+
+    from mirroropt.workflow._reproduce import METHODS, SETTINGS, _boot_id, _Job, _Runs
+
+    runs = _Runs(tmp_path, Protocol(**TINY))  # type: ignore[arg-type]
+    job = _Job(SETTINGS[-1], METHODS[0], 0, None)
+    lock = runs.folder(job) / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{os.getpid()} {_boot_id()}")  # this live process, this boot: held
+    assert not runs.claim(job)
+    lock.write_text(f"{os.getpid()} another-boot")  # a committed or pre-reboot lock: stale
+    assert runs.claim(job)
+    assert lock.read_text() == f"{os.getpid()} {_boot_id()}"
+    runs.release(job)
+    assert not lock.exists()
+
+
+def test_settings_and_methods_run_in_the_callers_order(tmp_path: Path) -> None:
+    from mirroropt.workflow._reproduce import SETTINGS, _select
+
+    assert [s.key for s in _select(SETTINGS, ["sinusoid", "fontglot-5w1s"], "settings")] == [
+        "sinusoid",
+        "fontglot-5w1s",
+    ]
+    protocol = Protocol(**{**TINY, "seeds": (0, 1), "grid": (1e-3,)})  # type: ignore[arg-type]
+    reproduce(
+        tmp_path, protocol, settings=["sinusoid"], methods=["meta-sgd", "maml"], progress=False
+    )
+    first = {m: (tmp_path / "sinusoid" / m).stat().st_mtime_ns for m in ("maml", "meta-sgd")}
+    assert first["meta-sgd"] < first["maml"]  # meta-sgd's folder was made (claimed) first
+
+
 def test_unknown_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"`settings` \['nope'\] unknown"):
         reproduce(tmp_path, Protocol(**TINY), settings=["nope"], progress=False)  # type: ignore[arg-type]
