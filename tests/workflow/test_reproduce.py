@@ -166,3 +166,36 @@ def test_unknown_names_are_refused(tmp_path: Path) -> None:
         reproduce(tmp_path, Protocol(**TINY), methods=["nope"], progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`seeds` must be at least 2 distinct seeds"):
         Protocol(seeds=(0,))
+
+
+def _summary(curves: dict[str, list[float]]) -> dict:
+    """A results summary with one setting whose methods have the given k = 5 accuracy per seed."""
+
+    def entry(values: list[float], label: str) -> dict:
+        per_seed = {
+            str(s): {"metric": {"mean": [0.2] * 5 + [v] + [v] * 5}} for s, v in enumerate(values)
+        }
+        return {"label": label, "per_seed": per_seed}
+
+    methods = {key: entry(values, key) for key, values in curves.items()}
+    return {"settings": {"fontglot-5w1s": {"methods": {"1": methods}}}}
+
+
+def test_sigmoid_claim_compares_the_two_anchored_convex_potentials_paired() -> None:
+    from mirroropt.workflow._reproduce import _claims
+
+    def verdict(sigmoid: list[float]) -> dict:
+        curves = {
+            "maml": [0.80, 0.82, 0.84],
+            "convex-potential-anchored": [0.90, 0.85, 0.93],
+            "convex-potential-anchored-sigmoid": sigmoid,
+        }
+        (found,) = [c for c in _claims(_summary(curves)) if "Remark 1" in c["claim"]]
+        return found
+
+    worse = verdict([0.80, 0.749, 0.831])  # 10 points below softplus on every seed
+    assert worse["verdict"] == "fails" and worse["numbers"].startswith("-10.0")
+    assert verdict([0.91, 0.84, 0.935])["verdict"] == "no detectable difference"
+    better = verdict([0.95, 0.901, 0.979])
+    assert better["verdict"] == "holds" and "+5.0" in better["numbers"]
+    assert _claims(_summary({"maml": [0.8, 0.8]}))[-1]["verdict"] == "not run yet"
