@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,15 +67,28 @@ def plot_curves(
     fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     first = next(iter(results.values()))
     scale = 100.0 if first.metric_name == "accuracy" else 1.0
+    # the log panel cannot show a band edge ≤ 0: such edges run to the panel's floor, half the
+    # smallest positive mean or edge, instead of vanishing
+    positive = [
+        v
+        for r in results.values()
+        for m, h in zip(r.support_loss["mean"], r.support_loss["ci95"])
+        for v in (m, m - h)
+        if v > 0 and math.isfinite(v)
+    ]
+    floor = min(positive, default=1e-12) / 2
     for i, (label, r) in enumerate(results.items()):
         ks = list(range(r.steps + 1))
         for ax, curve, factor in ((ax_m, r.metric, scale), (ax_l, r.support_loss, 1.0)):
             mean = [factor * m for m in curve["mean"]]
             half = [factor * h for h in curve["ci95"]]
+            lower = [m - h for m, h in zip(mean, half)]
+            if ax is ax_l:
+                lower = [v if v > 0 else floor for v in lower]
             (line,) = ax.plot(ks, mean, marker="o", ms=3, label=label)
             ax.fill_between(
                 ks,
-                [m - h for m, h in zip(mean, half)],
+                lower,
                 [m + h for m, h in zip(mean, half)],
                 color=line.get_color(),
                 alpha=0.15,

@@ -155,7 +155,8 @@ SETTINGS: tuple[Setting, ...] = (
 class Protocol:
     """The budget and the fixed hyperparameters of every run (recorded in ``protocol.json``).
 
-    Only ``iterations``/``sinusoid_iterations`` may grow between invocations on one folder.
+    Only ``iterations``/``sinusoid_iterations`` and ``grid`` (new values added) may grow between
+    invocations on one folder: every run continues, and the selection takes the new values in.
     """
 
     iterations: int = 500
@@ -575,13 +576,20 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
     mine = json.loads(json.dumps(protocol.to_dict()))
     if path.is_file():
         saved = json.loads(path.read_text())
-        fixed = {k: v for k, v in saved.items() if k not in ("iterations", "sinusoid_iterations")}
-        new = {k: v for k, v in mine.items() if k not in ("iterations", "sinusoid_iterations")}
+        growing = ("iterations", "sinusoid_iterations", "grid")
+        fixed = {k: v for k, v in saved.items() if k not in growing}
+        new = {k: v for k, v in mine.items() if k not in growing}
         if fixed != new:
             diff = sorted(k for k in new if fixed.get(k) != new[k])
             raise ValueError(
                 f"`out_dir` {str(out)!r} holds a protocol that differs in {diff}; only the "
-                f"iteration budgets may change on a folder. Use another --out."
+                f"iteration budgets and the grid may grow on a folder. Use another --out."
+            )
+        dropped = sorted(set(saved["grid"]) - set(mine["grid"]))
+        if dropped:
+            raise ValueError(
+                f"`grid` {mine['grid']} drops {dropped} already tuned in {str(out)!r}; the grid "
+                f"only grows (the runs of every value stay part of the selection)."
             )
         for key in ("iterations", "sinusoid_iterations"):
             if mine[key] < saved[key]:
@@ -787,6 +795,9 @@ def _setting_report(
             best_its = ", ".join(str(recs[s]["best_iteration"]) for s in seeds)
             minutes = sum(recs[s]["train_seconds"] for s in seeds) / 60 / len(seeds)
             mlr = "—" if value is None else f"{value:g}"
+            if value is not None and len(runs.protocol.grid) > 1:
+                if value in (min(runs.protocol.grid), max(runs.protocol.grid)):
+                    mlr += " (edge)"  # the optimum may lie outside the grid
             lines.append(
                 f"| {method.label} | {len(seeds)} | {mlr} | "
                 + " | ".join(cells)

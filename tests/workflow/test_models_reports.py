@@ -67,3 +67,21 @@ def test_markdown_table_and_files(tmp_path: Path) -> None:
         markdown_table({})
     with pytest.raises(ValueError, match=r"`steps` \[5\] outside the evaluated range 0 … 2"):
         markdown_table(results, steps=[5])
+
+
+def test_log_panel_bands_with_an_edge_below_zero_run_to_the_floor_not_vanish(
+    tmp_path, monkeypatch
+) -> None:
+    from mirroropt.workflow import _report
+    from mirroropt.workflow._evaluate import EvalResult
+
+    curve = {"mean": [0.5, 0.6, 0.7], "ci95": [0.1, 0.1, 0.1]}
+    loss = {"mean": [1.0, 0.1, 0.01], "ci95": [0.5, 0.2, 0.05]}  # two lower edges below 0
+    seen = {}
+    monkeypatch.setattr(_report, "_save", lambda plt, fig, path: seen.setdefault("fig", fig))
+    _report.plot_curves({"m": EvalResult("accuracy", curve, loss, loss, 10)}, tmp_path / "p.png")
+    ax_l = seen["fig"].axes[1]
+    (band,) = ax_l.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == 0.01 / 2  # half the smallest positive value: drawn, at the floor
+    assert ys.max() == 1.5  # the upper edges are untouched

@@ -199,3 +199,26 @@ def test_sigmoid_claim_compares_the_two_anchored_convex_potentials_paired() -> N
     better = verdict([0.95, 0.901, 0.979])
     assert better["verdict"] == "holds" and "+5.0" in better["numbers"]
     assert _claims(_summary({"maml": [0.8, 0.8]}))[-1]["verdict"] == "not run yet"
+
+
+def test_the_grid_grows_on_a_folder_and_never_shrinks(tmp_path: Path) -> None:
+    one = Protocol(**{**TINY, "seeds": (0, 1), "grid": (1e-3,)})  # type: ignore[arg-type]
+    reproduce(tmp_path, one, settings=["sinusoid"], methods=["meta-sgd"], progress=False)
+    stamp = (tmp_path / "sinusoid/meta-sgd/seed0-mlr0.001/record.json").stat().st_mtime_ns
+    two = Protocol(**{**TINY, "seeds": (0, 1), "grid": (1e-3, 3e-2)})  # type: ignore[arg-type]
+    table = reproduce(
+        tmp_path, two, settings=["sinusoid"], methods=["meta-sgd"], progress=False
+    ).read_text()
+    assert (tmp_path / "sinusoid/meta-sgd/seed0-mlr0.001/record.json").stat().st_mtime_ns == stamp
+    grid = {v: _rec(tmp_path, f"meta-sgd/seed0-mlr{v:g}")["best_value"] for v in (1e-3, 3e-2)}
+    chosen = min(grid, key=grid.get)  # type: ignore[arg-type]
+    assert (tmp_path / f"sinusoid/meta-sgd/seed1-mlr{chosen:g}/record.json").is_file()
+    assert f"| {chosen:g} (edge) |" in table  # a value at the end of the grid is flagged
+    with pytest.raises(ValueError, match=r"`grid` \[0.03\] drops \[0.001\]"):
+        reproduce(
+            tmp_path,
+            Protocol(**{**TINY, "seeds": (0, 1), "grid": (3e-2,)}),  # type: ignore[arg-type]
+            settings=["sinusoid"],
+            methods=["meta-sgd"],
+            progress=False,
+        )
