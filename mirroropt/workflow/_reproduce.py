@@ -12,6 +12,12 @@ tables, the claims verdicts and the plots:
   parameters and nothing to tune; the backbone's β is the same for everyone.
 * **Model selection**: every run meta-validates every ``val_every`` iterations on the same
   ``val_tasks`` tasks and keeps its best checkpoint; the test evaluation uses that checkpoint.
+* **Divergence** is a result, not a crash of the protocol: a run whose meta-gradient or loss
+  turns non-finite ends there, and (as under early stopping) its result is its best checkpoint
+  by meta-validation before that point, flagged "diverged at iteration N" in every table. A run
+  that diverges before its first meta-validation has no result: as a tuning value it cannot be
+  chosen; as a seed of the chosen value it is reported as failed. Every other error stops the
+  method and is shown.
 * **Statistics**: per setting and method, the mean over seeds with Student's t 95% interval
   (:func:`~mirroropt.workflow.seed_ci`), and per seed the paired difference to MAML with a paired
   t-test (:func:`~mirroropt.workflow.paired_t_test`); the per-seed test-task CIs stay in the JSON.
@@ -37,10 +43,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mirroropt._utils import NonFiniteError
 from mirroropt.workflow._evaluate import EvalResult, evaluate
 from mirroropt.workflow._learner import TrainConfig
 from mirroropt.workflow._stats import paired_t_test, seed_ci
-from mirroropt.workflow._train import best_checkpoint_path, train
+from mirroropt.workflow._train import (
+    TrainResult,
+    best_checkpoint_path,
+    load_checkpoint,
+    restore,
+    train,
+)
 
 __all__ = [
     "METHODS",
@@ -260,34 +273,49 @@ class _Runs:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def done(self, job: _Job) -> bool:
+        """Finished at the protocol's budget, or diverged (a grown budget cannot undo that)."""
         rec = self.record(job)
         return (
             rec is not None
             and rec.get("status") == "ok"
-            and rec["config"]["iterations"] >= _iterations(self.protocol, job.setting)
+            and (
+                bool(rec.get("diverged"))
+                or rec["config"]["iterations"] >= _iterations(self.protocol, job.setting)
+            )
         )
 
     def failed(self, job: _Job) -> bool:
         rec = self.record(job)
         return rec is not None and str(rec.get("status", "")).startswith("failed")
 
+    def diverged_early(self, job: _Job) -> bool:
+        """Failed by diverging before its first meta-validation: no result, nothing to choose."""
+        rec = self.record(job)
+        return self.failed(job) and bool(rec.get("diverged"))  # type: ignore[union-attr]
+
     def tune_jobs(self, setting: Setting, method: Method) -> list[_Job]:
         values: Sequence[float | None] = self.protocol.grid if method.tune else (None,)
         return [_Job(setting, method, self.protocol.tune_seed, v) for v in values]
 
     def selected(self, setting: Setting, method: Method) -> float | str | None:
-        """The chosen map meta step size, or ``"pending"`` until every tuning run is done."""
+        """The chosen map meta step size: ``"pending"`` until every tuning run has ended,
+        ``"failed"`` when a tuning run failed other than by diverging early, or none has a result.
+        """
         jobs = self.tune_jobs(setting, method)
-        if not all(self.done(j) for j in jobs):
+        if not all(self.done(j) or self.failed(j) for j in jobs):
             return "pending"
+        if any(self.failed(j) and not self.diverged_early(j) for j in jobs):
+            return "failed"
         higher = setting.config["benchmark"] != "sinusoid"
-        scored = [(self.record(j)["best_value"], j.map_meta_lr) for j in jobs]  # type: ignore[index]
+        scored = [(self.record(j)["best_value"], j.map_meta_lr) for j in jobs if self.done(j)]  # type: ignore[index]
+        if not scored:
+            return "failed"
         best = max(scored, key=lambda s: s[0]) if higher else min(scored, key=lambda s: s[0])
         return best[1]
 
     def final_job(self, setting: Setting, method: Method, seed: int) -> _Job | None:
         value = self.selected(setting, method)
-        if value == "pending":
+        if value in ("pending", "failed"):
             return None
         return _Job(setting, method, seed, value)  # type: ignore[arg-type]
 
@@ -307,7 +335,7 @@ class _Runs:
             return ""
         source = next(m for m in METHODS if m.key == job.method.init_from)
         value = self.selected(job.setting, source)
-        if value == "pending":
+        if value in ("pending", "failed"):
             return None
         src_job = _Job(job.setting, source, job.seed, value)  # type: ignore[arg-type]
         if not self.done(src_job):
@@ -358,8 +386,16 @@ def _run_job(
     segments = list(previous.get("segments", []))
     record: dict[str, Any] = {"method": job.method.label, "job": job.name}
     try:
-        run = train(cfg, checkpoint=ckpt, resume=ckpt.is_file(), progress=progress, device=device)
-        segments.append({"to": cfg.iterations, "seconds": run.seconds})
+        t_train = time.perf_counter()
+        try:
+            run = train(
+                cfg, checkpoint=ckpt, resume=ckpt.is_file(), progress=progress, device=device
+            )
+        except NonFiniteError as err:
+            record["diverged"] = {"iteration": _stopped_at(str(err)), "error": str(err)}
+            run = _best_before_divergence(ckpt, device, err)
+            run.seconds = time.perf_counter() - t_train
+        segments.append({"to": run.history[-1]["iteration"], "seconds": run.seconds})
         learner = run.best_learner()
         evals, t0 = {}, time.perf_counter()
         for shots in job.setting.eval_shots or (cfg.k_shot,):
@@ -392,6 +428,8 @@ def _run_job(
             eval=evals,
         )
     except Exception as err:  # recorded, not hidden: the tables show the failure
+        if isinstance(err, NonFiniteError):
+            record["diverged"] = {"iteration": _stopped_at(str(err)), "error": str(err)}
         record.update(
             status=f"failed: {type(err).__name__}: {err}",
             config=cfg.to_dict(),
@@ -401,6 +439,35 @@ def _run_job(
     tmp = folder / "record.json.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, folder / "record.json")
+
+
+def _stopped_at(message: str) -> int:
+    """The meta-iteration named by :func:`train`'s "Training stopped at meta-iteration N of M"."""
+    import re
+
+    found = re.search(r"meta-iteration (\d+) of", message)
+    return int(found.group(1)) if found else 0
+
+
+def _best_before_divergence(ckpt: Path, device: str | None, error: NonFiniteError) -> TrainResult:
+    """The run as it stood before it diverged: its best checkpoint by meta-validation (re-raises
+    ``error`` when it diverged before the first meta-validation)."""
+    best_path = best_checkpoint_path(ckpt)
+    if not best_path.is_file():
+        raise error
+    best = load_checkpoint(best_path)
+    payloads = [best] + ([load_checkpoint(ckpt)] if ckpt.is_file() else [])
+    latest = max(payloads, key=lambda p: int(p["iteration"]))
+    cfg, bench, learner = restore(best, device=device)
+    return TrainResult(
+        cfg,
+        learner,
+        bench,
+        list(latest["history"]),
+        validation=list(latest["validation"]),
+        best_iteration=int(best["best"]["iteration"]),
+        best_value=float(best["best"]["value"]),
+    )
 
 
 def _worker(
@@ -608,7 +675,7 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
 def _seed_records(runs: _Runs, setting: Setting, method: Method) -> dict[int, dict[str, Any]]:
     """The finished (selected) run of every seed of ``method``."""
     value = runs.selected(setting, method)
-    if value == "pending":
+    if value in ("pending", "failed"):
         return {}
     out = {}
     for seed in runs.protocol.seeds:
@@ -646,9 +713,9 @@ def results_report(
         per_method = {m.key: _seed_records(runs, setting, m) for m in METHODS}
         tuning = {
             m.key: {
-                str(j.map_meta_lr): (runs.record(j) or {}).get("best_value")
+                str(j.map_meta_lr): _tuning_cell(runs.record(j) or {})
                 for j in runs.tune_jobs(setting, m)
-                if runs.done(j)
+                if runs.done(j) or runs.diverged_early(j)
             }
             for m in METHODS
         }
@@ -674,6 +741,12 @@ def results_report(
         for png in plots:
             shutil.copy(png, dest / "img" / png.name)
     return out / "results.md"
+
+
+def _tuning_cell(rec: dict[str, Any]) -> dict[str, Any]:
+    """A tuning run's score (``None`` if it diverged before any) and where it diverged."""
+    diverged = rec.get("diverged") or {}
+    return {"best_value": rec.get("best_value"), "diverged_at": diverged.get("iteration")}
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:
@@ -775,6 +848,7 @@ def _setting_report(
                         "best_iteration": recs[s]["best_iteration"],
                         "best_value": recs[s]["best_value"],
                         "train_seconds": recs[s]["train_seconds"],
+                        "diverged_at": (recs[s].get("diverged") or {}).get("iteration"),
                     }
                     for s in seeds
                 },
@@ -792,7 +866,15 @@ def _setting_report(
                 entry["paired_vs_maml"][str(k)] = test
                 scale = 100 if accuracy else 1
                 deltas.append(f"{scale * test['mean']:+.{1 if accuracy else 3}f} ({test['p']:.2f})")
-            best_its = ", ".join(str(recs[s]["best_iteration"]) for s in seeds)
+            best_its = ", ".join(
+                str(recs[s]["best_iteration"])
+                + (
+                    f" (diverged at {recs[s]['diverged']['iteration']})"
+                    if recs[s].get("diverged")
+                    else ""
+                )
+                for s in seeds
+            )
             minutes = sum(recs[s]["train_seconds"] for s in seeds) / 60 / len(seeds)
             mlr = "—" if value is None else f"{value:g}"
             if value is not None and len(runs.protocol.grid) > 1:
@@ -818,22 +900,30 @@ def _setting_report(
         for method in METHODS:
             vals = tuned.get(method.key)
             if vals:
-                cells = [
-                    _fmt(vals[str(v)], math.nan, accuracy) if vals.get(str(v)) is not None else "—"
-                    for v in runs.protocol.grid
-                ]
+                cells = [_fmt_tuning(vals.get(str(v)), accuracy) for v in runs.protocol.grid]
                 lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
         lines.append("")
     info["tuning"] = tuning
     return "\n".join(lines) + "\n", info
 
 
+def _fmt_tuning(cell: dict[str, Any] | None, accuracy: bool) -> str:
+    if cell is None:
+        return "—"
+    if cell["best_value"] is None:
+        return f"diverged at {cell['diverged_at']}"
+    text = _fmt(cell["best_value"], math.nan, accuracy)
+    return text if cell["diverged_at"] is None else f"{text} (diverged at {cell['diverged_at']})"
+
+
 def _status(runs: _Runs, setting: Setting, method: Method) -> str:
     jobs = runs.tune_jobs(setting, method)
     for job in jobs:
         rec = runs.record(job)
-        if rec is not None and str(rec.get("status", "")).startswith("failed"):
-            return f"failed ({rec['status'].splitlines()[0][8:100]})"
+        if runs.failed(job) and not runs.diverged_early(job):
+            return f"failed ({rec['status'].splitlines()[0][8:100]})"  # type: ignore[index]
+    if runs.selected(setting, method) == "failed":
+        return "failed (every tuning value diverged before its first meta-validation)"
     total = len(jobs) + len(runs.protocol.seeds) - 1
     done = sum(runs.done(j) for j in jobs)
     for seed in runs.protocol.seeds[1:]:

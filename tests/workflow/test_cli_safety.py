@@ -117,7 +117,11 @@ def test_cli_nan_run_exits_with_one_line_and_writes_no_nan_checkpoint(
         "build_benchmark",
         lambda cfg, device=None: _PoisonedBenchmark(cfg, bad=2, build=real),
     )
-    argv = [*_train_argv(tmp_path / "r", "--checkpoint-every", "1", iterations=6), "--norm", "group"]
+    argv = [
+        *_train_argv(tmp_path / "r", "--checkpoint-every", "1", iterations=6),
+        "--norm",
+        "group",
+    ]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert re.search(

@@ -222,3 +222,48 @@ def test_the_grid_grows_on_a_folder_and_never_shrinks(tmp_path: Path) -> None:
             methods=["meta-sgd"],
             progress=False,
         )
+
+
+def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproducer: one diverging grid value (map meta-lr 0.1) marked the whole method "failed" in
+    # the evidence run, so Meta-SGD and Meta-Curvature had no row although their other values ran.
+    import mirroropt.workflow._train as train_module
+    from mirroropt import NonFiniteError
+
+    real = train_module._meta_step
+    stops = {(0, 3e-2): 3, (0, 0.5): 1, (1, 3e-2): 3, (1, 1e-3): 3}  # (seed, map meta-lr) → it.
+
+    def meta_step(it, objective, params, optimizer, adaptive, cfg):  # type: ignore[no-untyped-def]
+        if stops.get((cfg.seed, cfg.map_meta_lr)) == it + 1:
+            raise NonFiniteError("the meta-gradient is not finite")
+        return real(it, objective, params, optimizer, adaptive, cfg)
+
+    monkeypatch.setattr(train_module, "_meta_step", meta_step)
+    protocol = Protocol(**{**TINY, "sinusoid_iterations": 4, "grid": (1e-3, 3e-2, 0.5)})  # type: ignore[arg-type]
+    args = dict(settings=["sinusoid"], methods=["maml", "meta-sgd"], progress=False)
+    table = reproduce(tmp_path, protocol, **args).read_text()  # type: ignore[arg-type]
+    late, early = _rec(tmp_path, "meta-sgd/seed0-mlr0.03"), _rec(tmp_path, "meta-sgd/seed0-mlr0.5")
+    # diverged after two meta-validations: evaluated at its best checkpoint, which it records
+    assert late["status"] == "ok" and late["diverged"]["iteration"] == 3
+    assert [r["iteration"] for r in late["validation"]] == [1, 2]
+    vals = [r["value"] for r in late["validation"]]
+    assert late["best_value"] == min(vals) and late["best_iteration"] in (1, 2)
+    assert len(late["eval"]["10"]["metric"]["mean"]) == 11
+    # diverged before any meta-validation: no result, excluded from the selection
+    assert early["status"].startswith("failed: NonFiniteError") and early["diverged"]
+    scored = {v: _rec(tmp_path, f"meta-sgd/seed0-mlr{v:g}")["best_value"] for v in (1e-3, 3e-2)}
+    chosen = min(scored, key=lambda v: scored[v])
+    final = _rec(tmp_path, f"meta-sgd/seed1-mlr{chosen:g}")
+    assert final["status"] == "ok" and final["diverged"]["iteration"] == 3  # a seed diverged too
+    assert "| Meta-SGD (Diagonal) | 2 |" in table  # a row with both seeds, not "failed"
+    assert "(diverged at 3)" in table and "| diverged at 1 |" in table
+    entry = json.loads((tmp_path / "results.json").read_text())["settings"]["sinusoid"]
+    assert entry["methods"]["10"]["meta-sgd"]["per_seed"]["1"]["diverged_at"] == 3
+    # a grown budget continues the finished runs and leaves the diverged ones as they ended
+    monkeypatch.setattr(train_module, "_meta_step", real)
+    grown = Protocol(**{**TINY, "sinusoid_iterations": 5, "grid": (1e-3, 3e-2, 0.5)})  # type: ignore[arg-type]
+    reproduce(tmp_path, grown, **args)  # type: ignore[arg-type]
+    assert _rec(tmp_path, "meta-sgd/seed0-mlr0.03") == late
+    assert _rec(tmp_path, "meta-sgd/seed0-mlr0.001")["history"][-1]["iteration"] == 5
