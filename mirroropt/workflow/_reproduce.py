@@ -740,6 +740,10 @@ def results_report(
         shutil.copy(out / "results.json", dest / "results.json")  # every per-seed curve
         for png in plots:
             shutil.copy(png, dest / "img" / png.name)
+        for setting in SETTINGS:  # a plot of a setting this report does not show is stale
+            stale = dest / "img" / f"{setting.key}.png"
+            if stale.is_file() and all(png.name != stale.name for png in plots):
+                stale.unlink()
     return out / "results.md"
 
 

@@ -88,10 +88,15 @@ def test_protocol_tunes_on_validation_runs_seeds_and_reports(tmp_path: Path) -> 
     from mirroropt.__main__ import main
 
     docs = tmp_path / "docs"
+    (docs / "img").mkdir(parents=True)
+    (docs / "img" / "fontglot-5w1s.png").write_bytes(b"a plot of an earlier report")
+    (docs / "img" / "logo.png").write_bytes(b"not a plot of the protocol")
     assert main(["reproduce", "--out", str(tmp_path), "--report-only", "--publish", str(docs)]) == 0
     published = (docs / "results.md").read_text()
     assert "python -m mirroropt reproduce (test)" in published
     assert (docs / "img" / "sinusoid.png").is_file()
+    assert not (docs / "img" / "fontglot-5w1s.png").exists()  # stale: this report has no FontGlot
+    assert (docs / "img" / "logo.png").is_file()  # not the protocol's: left alone
 
 
 def test_budget_grows_by_resuming_and_the_protocol_is_fixed(tmp_path: Path) -> None:
