@@ -673,15 +673,15 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
 
 
 def _seed_records(runs: _Runs, setting: Setting, method: Method) -> dict[int, dict[str, Any]]:
-    """The finished (selected) run of every seed of ``method``."""
+    """The finished (selected) run of every seed of ``method``, at the protocol's budget."""
     value = runs.selected(setting, method)
     if value in ("pending", "failed"):
         return {}
     out = {}
     for seed in runs.protocol.seeds:
-        rec = runs.record(_Job(setting, method, seed, value))  # type: ignore[arg-type]
-        if rec is not None and rec.get("status") == "ok":
-            out[seed] = rec
+        job = _Job(setting, method, seed, value)  # type: ignore[arg-type]
+        if runs.done(job):  # at the protocol's budget: a run still growing is not mixed in
+            out[seed] = runs.record(job)
     return out
 
 

@@ -110,6 +110,14 @@ def test_budget_grows_by_resuming_and_the_protocol_is_fixed(tmp_path: Path) -> N
     assert [r["iteration"] for r in second["history"]] == [1, 2, 3]
     assert second["history"][:2] == first["history"]  # continued, not restarted
     assert len(second["segments"]) == 2
+    # while a grown budget is under way, the tables show only runs at the new budget
+    from mirroropt.workflow._reproduce import results_report
+
+    assert "| MAML (Identity) | 2 |" in (tmp_path / "results.md").read_text()
+    saved = json.loads((tmp_path / "protocol.json").read_text())
+    (tmp_path / "protocol.json").write_text(json.dumps({**saved, "sinusoid_iterations": 4}))
+    assert "| MAML (Identity) | 2 |" not in results_report(tmp_path).read_text()
+    (tmp_path / "protocol.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"holds a protocol that differs in \['eval_tasks'\]"):
         reproduce(
             tmp_path,
