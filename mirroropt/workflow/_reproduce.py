@@ -884,8 +884,14 @@ def _setting_report(
             if value is not None and len(runs.protocol.grid) > 1:
                 if value in (min(runs.protocol.grid), max(runs.protocol.grid)):
                     mlr += " (edge)"  # the optimum may lie outside the grid
+            lost = [  # seeds of the chosen value that ended without a result
+                f"seed {seed} diverged at {(runs.record(job) or {})['diverged']['iteration']}"
+                for seed in runs.protocol.seeds
+                if runs.diverged_early(job := _Job(setting, method, seed, value))  # type: ignore[arg-type]
+            ]
+            n_seeds = f"{len(seeds)} ({'; '.join(lost)})" if lost else str(len(seeds))
             lines.append(
-                f"| {method.label} | {len(seeds)} | {mlr} | "
+                f"| {method.label} | {n_seeds} | {mlr} | "
                 + " | ".join(cells)
                 + f" | {deltas[0]} | {deltas[1]} | {best_its} | {minutes:.1f} |"
             )
@@ -929,11 +935,13 @@ def _status(runs: _Runs, setting: Setting, method: Method) -> str:
     if runs.selected(setting, method) == "failed":
         return "failed (every tuning value diverged before its first meta-validation)"
     total = len(jobs) + len(runs.protocol.seeds) - 1
-    done = sum(runs.done(j) for j in jobs)
+    done = sum(
+        runs.done(j) or runs.diverged_early(j) for j in jobs
+    )  # ended, with or without a result
     for seed in runs.protocol.seeds[1:]:
         final = runs.final_job(setting, method, seed)
-        done += final is not None and runs.done(final)
-    return "not run" if done == 0 else f"{done} of {total} runs done"
+        done += final is not None and (runs.done(final) or runs.diverged_early(final))
+    return "not run" if done == 0 else f"{done} of {total} runs ended"
 
 
 def _plot_setting(

@@ -246,7 +246,7 @@ def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
     from mirroropt import NonFiniteError
 
     real = train_module._meta_step
-    stops = {(0, 3e-2): 3, (0, 0.5): 1, (1, 3e-2): 3, (1, 1e-3): 3}  # (seed, map meta-lr) → it.
+    stops = {(0, 3e-2): 3, (0, 0.5): 1, (1, 3e-2): 3, (1, 1e-3): 3, (2, 3e-2): 1, (2, 1e-3): 1}
 
     def meta_step(it, objective, params, optimizer, adaptive, cfg):  # type: ignore[no-untyped-def]
         if stops.get((cfg.seed, cfg.map_meta_lr)) == it + 1:
@@ -254,7 +254,8 @@ def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
         return real(it, objective, params, optimizer, adaptive, cfg)
 
     monkeypatch.setattr(train_module, "_meta_step", meta_step)
-    protocol = Protocol(**{**TINY, "sinusoid_iterations": 4, "grid": (1e-3, 3e-2, 0.5)})  # type: ignore[arg-type]
+    grid = {"grid": (1e-3, 3e-2, 0.5), "seeds": (0, 1, 2)}  # (seed, map meta-lr) → it. above
+    protocol = Protocol(**{**TINY, "sinusoid_iterations": 4, **grid})  # type: ignore[arg-type]
     args = dict(settings=["sinusoid"], methods=["maml", "meta-sgd"], progress=False)
     table = reproduce(tmp_path, protocol, **args).read_text()  # type: ignore[arg-type]
     late, early = _rec(tmp_path, "meta-sgd/seed0-mlr0.03"), _rec(tmp_path, "meta-sgd/seed0-mlr0.5")
@@ -270,13 +271,14 @@ def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
     chosen = min(scored, key=lambda v: scored[v])
     final = _rec(tmp_path, f"meta-sgd/seed1-mlr{chosen:g}")
     assert final["status"] == "ok" and final["diverged"]["iteration"] == 3  # a seed diverged too
-    assert "| Meta-SGD (Diagonal) | 2 |" in table  # a row with both seeds, not "failed"
+    # a row with the seeds that have a result, naming the one that has none, not "failed"
+    assert "| Meta-SGD (Diagonal) | 2 (seed 2 diverged at 1) |" in table
     assert "(diverged at 3)" in table and "| diverged at 1 |" in table
     entry = json.loads((tmp_path / "results.json").read_text())["settings"]["sinusoid"]
     assert entry["methods"]["10"]["meta-sgd"]["per_seed"]["1"]["diverged_at"] == 3
     # a grown budget continues the finished runs and leaves the diverged ones as they ended
     monkeypatch.setattr(train_module, "_meta_step", real)
-    grown = Protocol(**{**TINY, "sinusoid_iterations": 5, "grid": (1e-3, 3e-2, 0.5)})  # type: ignore[arg-type]
+    grown = Protocol(**{**TINY, "sinusoid_iterations": 5, **grid})  # type: ignore[arg-type]
     reproduce(tmp_path, grown, **args)  # type: ignore[arg-type]
     assert _rec(tmp_path, "meta-sgd/seed0-mlr0.03") == late
     assert _rec(tmp_path, "meta-sgd/seed0-mlr0.001")["history"][-1]["iteration"] == 5
