@@ -79,6 +79,7 @@ def evaluate(
     split: str = "test",
     label: str = "",
     progress: bool = False,
+    check_finite: bool = True,
 ) -> EvalResult:
     """Adapt to ``tasks`` tasks of ``split`` with K = ``steps`` inner steps and record every k.
 
@@ -86,6 +87,10 @@ def evaluate(
     :func:`mirroropt.map_tasks` in batches of ``batch_size`` tasks. Batch ``i`` of the evaluation is
     ``benchmark.sample(split, task_seed(seed, split, i))``: the same tasks for every method given
     the same seed, which makes paired comparisons meaningful.
+
+    With ``check_finite=False`` a task whose adapted model turns non-finite (a map that diverges
+    beyond its training horizon, say at k = 8 > K) stays in the curves, whose means at those k
+    become inf or NaN, instead of raising :class:`mirroropt.NonFiniteError`.
 
     Raises:
         ValueError: if ``tasks`` < 2 or ``batch_size`` < 1 or ``steps`` < 0.
@@ -104,7 +109,14 @@ def evaluate(
             return benchmark.loss(learner.predict(phi, xs), ys)
 
         traj = adapt_trajectory(
-            mirror_map, support_loss, phi0, z=z0, lr=lr, steps=steps, first_order=True
+            mirror_map,
+            support_loss,
+            phi0,
+            z=z0,
+            lr=lr,
+            steps=steps,
+            first_order=True,
+            check_finite=check_finite,
         )
         metric, qloss, sloss = [], [], []
         for phi in traj.phi:
@@ -124,7 +136,11 @@ def evaluate(
         for i in batches:
             n = min(batch_size, tasks - i * batch_size)
             batch = benchmark.sample(split, task_seed(seed, split, i), n)
-            rows.append(map_tasks(per_task, *batch.tensors(), model=learner.model))
+            rows.append(
+                map_tasks(
+                    per_task, *batch.tensors(), model=learner.model, check_finite=check_finite
+                )
+            )
 
     def curve(j: int) -> dict[str, list[float]]:
         values = torch.cat([r[j] for r in rows]).double()

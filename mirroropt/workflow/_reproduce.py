@@ -413,6 +413,7 @@ def _run_job(
                 seed=EVAL_SEED,
                 label=job.method.label,
                 progress=progress,
+                check_finite=False,  # a map diverging beyond K is a result: inf in the table
             )
             evals[str(shots)] = result.to_dict()
         record.update(
@@ -428,7 +429,7 @@ def _run_job(
             eval=evals,
         )
     except Exception as err:  # recorded, not hidden: the tables show the failure
-        if isinstance(err, NonFiniteError):
+        if isinstance(err, NonFiniteError) and "diverged" not in record:
             record["diverged"] = {"iteration": _stopped_at(str(err)), "error": str(err)}
         record.update(
             status=f"failed: {type(err).__name__}: {err}",
@@ -786,6 +787,9 @@ def _header(out: Path, protocol: Protocol, command: str) -> str:
         "difference to MAML on the same seeds, with the paired t-test's p-value. A method whose "
         "seeds are not all finished shows the seeds it has (the CI needs two). "
         "`results.json` beside the runs holds every per-seed curve with its test-task CI. "
+        "'diverged' in a cell: some test task's adapted model was not finite at that k (the map "
+        "diverges beyond the training horizon); 'diverged at N' after a best iteration: training "
+        "turned non-finite at meta-iteration N and the run is its best checkpoint before that. "
         "'train min/seed' is wall time on a shared machine (other work ran alongside): not a "
         "speed comparison (see docs/performance.md for that).",
         "",
@@ -799,6 +803,8 @@ def _header(out: Path, protocol: Protocol, command: str) -> str:
 
 
 def _fmt(mean: float, half: float, accuracy: bool) -> str:
+    if not math.isfinite(mean):
+        return "diverged"  # some test task's adapted model is not finite (mean inf or NaN)
     if math.isnan(half):
         return f"{100 * mean:.1f}" if accuracy else f"{mean:.3f}"
     return f"{100 * mean:.1f} ± {100 * half:.1f}" if accuracy else f"{mean:.3f} ± {half:.3f}"
@@ -869,7 +875,11 @@ def _setting_report(
                 )
                 entry["paired_vs_maml"][str(k)] = test
                 scale = 100 if accuracy else 1
-                deltas.append(f"{scale * test['mean']:+.{1 if accuracy else 3}f} ({test['p']:.2f})")
+                deltas.append(
+                    f"{scale * test['mean']:+.{1 if accuracy else 3}f} ({test['p']:.2f})"
+                    if math.isfinite(test["p"])
+                    else "diverged"
+                )
             best_its = ", ".join(
                 str(recs[s]["best_iteration"])
                 + (

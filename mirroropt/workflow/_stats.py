@@ -164,7 +164,8 @@ def paired_t_test(a: list[float], b: list[float]) -> dict[str, float]:
     r"""Paired t-test of ``a`` against ``b`` (same seeds, same order): the mean difference
     :math:`\bar d`, its 95% t interval half-width, :math:`t = \bar d / (s_d/\sqrt n)` and the
     two-sided p-value :math:`2\,P(T_{n-1} \ge |t|)` (``p = 1`` when every difference is zero;
-    ``p = 0`` when they are equal and non-zero).
+    ``p = 0`` when they are equal and non-zero). A non-finite difference (a run whose adapted
+    model diverged) gives its mean (±inf or NaN) with NaN interval, ``t`` and ``p``: no test.
 
     Raises:
         ValueError: if the lengths differ or there are fewer than 2 pairs.
@@ -177,8 +178,10 @@ def paired_t_test(a: list[float], b: list[float]) -> dict[str, float]:
     if len(a) != len(b):
         raise ValueError(f"`a` and `b` must pair up, got {len(a)} and {len(b)} values.")
     d = [x - y for x, y in zip(a, b)]
-    mean, half = seed_ci(d)
     n = len(d)
+    if n >= 2 and not all(math.isfinite(v) for v in d):
+        return {"mean": sum(d) / n, "ci95": math.nan, "t": math.nan, "p": math.nan, "n": float(n)}
+    mean, half = seed_ci(d)
     sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
     if sd == 0.0:
         t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)

@@ -91,3 +91,12 @@ def test_paired_t_test_by_hand() -> None:
     assert paired_t_test([1.0, 2.0], [1.0, 2.0])["p"] == 1.0
     with pytest.raises(ValueError, match=r"`a` and `b` must pair up, got 2 and 3 values"):
         paired_t_test([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_paired_t_test_of_a_diverged_run_is_no_test() -> None:
+    # a seed whose adapted model diverged has an infinite MSE: no p-value, never "significant"
+    from mirroropt.workflow._stats import paired_t_test
+
+    r = paired_t_test([0.1, math.inf, 0.2], [0.3, 0.3, 0.3])
+    assert r["mean"] == math.inf and math.isnan(r["p"]) and math.isnan(r["ci95"])
+    assert math.isnan(paired_t_test([0.1, math.nan], [0.3, 0.3])["p"])

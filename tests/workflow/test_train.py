@@ -141,3 +141,22 @@ def test_config_and_checkpoint_errors(tmp_path: Path) -> None:
     other = dataclasses.replace(cfg, lr=0.2, iterations=2)
     with pytest.raises(ValueError, match=r"fields \['lr'\] differ from the given config"):
         train(other, checkpoint=tmp_path / "c.pt", resume=True)
+
+
+def test_evaluation_can_keep_a_diverging_adaptation_in_its_curves() -> None:
+    # Reproducer: Meta-Curvature's learned sinusoid map diverged at inner step 8 > K = 5 on a test
+    # task; evaluate raised and the protocol lost a trained run. `check_finite=False` keeps it.
+    import mirroropt
+
+    cfg = TrainConfig(benchmark="sinusoid", map="identity", k_shot=10, q_query=10, iterations=1)
+    bench = build_benchmark(cfg)
+    learner = build_learner(cfg, bench)
+    kwargs = dict(lr=1e6, steps=10, tasks=4, seed=7)  # α far past 2/L: the iterates blow up
+    with pytest.raises(mirroropt.NonFiniteError, match=r"not finite"):
+        evaluate(learner, bench, **kwargs)  # type: ignore[arg-type]
+    result = evaluate(learner, bench, check_finite=False, **kwargs)  # type: ignore[arg-type]
+    mse = result.metric["mean"]
+    assert math.isfinite(mse[0]) and not math.isfinite(mse[-1])
+    from mirroropt.workflow._reproduce import _fmt
+
+    assert _fmt(mse[-1], result.metric["ci95"][-1], accuracy=False) == "diverged"
