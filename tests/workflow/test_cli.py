@@ -175,7 +175,7 @@ def test_train_resume_eval_and_demo_write_their_files(
         == 0
     )
     out = capsys.readouterr().out
-    assert "MAML (identity)" in out and "learned map (diagonal)" in out and "k = 3" in out
+    assert "MAML (identity)" in out and "learned map (convex_potential)" in out and "k = 3" in out
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
 
 
@@ -202,10 +202,38 @@ def test_demo_runs_on_the_shipped_fontglot(tmp_path, capsys: pytest.CaptureFixtu
     """The README's demo command, on its default (shipped, offline) data, at a tiny budget."""
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "MAML (identity)" in out and "learned map (diagonal)" in out
+    assert "MAML (identity)" in out and "learned map (convex_potential)" in out
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert set(saved) == {"MAML (identity)", "learned map (diagonal)"}
+    assert set(saved) == {"MAML (identity)", "learned map (convex_potential)"}
     for result in saved.values():
         accuracy = result["metric"]["mean"]
         assert len(accuracy) == 4 and all(0.0 <= a <= 1.0 for a in accuracy)
     assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_defaults_to_the_protocols_anchored_convex_potential(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mirroropt.workflow
+
+    seen = []
+    real = mirroropt.workflow.train
+
+    def spy(cfg, **kw):  # type: ignore[no-untyped-def]
+        seen.append(cfg)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(mirroropt.workflow, "train", spy)
+    argv = ["demo", "--quick", "--benchmark", "synthetic", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    maml, learned = seen
+    assert (maml.map, maml.map_meta_lr) == ("identity", None)
+    assert (learned.map, learned.start, learned.map_meta_lr) == (
+        "convex_potential",
+        "anchored",
+        0.01,
+    )
+    assert dict(learned.map_kwargs) == {"init_scale": 0.1}
+    seen.clear()  # another map gets no convex-potential keywords
+    assert main([*argv, "--map", "diagonal", "--out", str(tmp_path / "b")]) == 0
+    assert seen[1].map == "diagonal" and dict(seen[1].map_kwargs) == {}
