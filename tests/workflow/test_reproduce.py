@@ -282,3 +282,28 @@ def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
     reproduce(tmp_path, grown, **args)  # type: ignore[arg-type]
     assert _rec(tmp_path, "meta-sgd/seed0-mlr0.03") == late
     assert _rec(tmp_path, "meta-sgd/seed0-mlr0.001")["history"][-1]["iteration"] == 5
+
+
+def test_the_header_lists_every_invocation_and_counts_interrupted_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mirroropt.workflow._reproduce as rp
+
+    protocol = Protocol(**{**TINY, "seeds": (0, 1), "grid": (1e-3,)})  # type: ignore[arg-type]
+    args = dict(settings=["sinusoid"], methods=["maml"], progress=False)
+    real = rp._worker
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rp, "_worker", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(tmp_path, protocol, command="python -m mirroropt reproduce --first", **args)  # type: ignore[arg-type]
+    monkeypatch.setattr(rp, "_worker", real)
+    table = reproduce(tmp_path, protocol, command="python -m mirroropt reproduce --second", **args)  # type: ignore[arg-type]
+    calls = json.loads((tmp_path / "invocations.json").read_text())
+    assert [c.get("interrupted", False) for c in calls] == [True, False]
+    text = table.read_text()
+    first, second = text.index("reproduce --first"), text.index("reproduce --second")
+    assert first < second < text.index("Protocol:")  # both, in order, above the protocol line
+    assert "(2 invocation(s))" in text
