@@ -235,10 +235,10 @@ def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
     real = train_module._meta_step
     stops = {(0, 3e-2): 3, (0, 0.5): 1, (1, 3e-2): 3, (1, 1e-3): 3}  # (seed, map meta-lr) → it.
 
-    def meta_step(it, objective, params, optimizer, adaptive, cfg):  # type: ignore[no-untyped-def]
+    def meta_step(it, objective, params, optimizer, adaptive, cfg, **kw):  # type: ignore[no-untyped-def]
         if stops.get((cfg.seed, cfg.map_meta_lr)) == it + 1:
             raise NonFiniteError("the meta-gradient is not finite")
-        return real(it, objective, params, optimizer, adaptive, cfg)
+        return real(it, objective, params, optimizer, adaptive, cfg, **kw)
 
     monkeypatch.setattr(train_module, "_meta_step", meta_step)
     protocol = Protocol(**{**TINY, "sinusoid_iterations": 4, "grid": (1e-3, 3e-2, 0.5)})  # type: ignore[arg-type]
