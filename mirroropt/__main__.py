@@ -584,13 +584,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if existing is not None and main_rank:  # --overwrite: the old run goes once the new can start
         for old in (ckpt, best_checkpoint_path(ckpt), out / "history.json"):
             old.unlink(missing_ok=True)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if ranks is not None:  # torchrun: MASTER_ADDR/MASTER_PORT, RANK, WORLD_SIZE from the env
         import torch.distributed as dist
 
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=args.dist_timeout))
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=args.dist_timeout))
+        except (ValueError, RuntimeError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise _fail_rank(
+                f"rank {rank} of {world_size} could not join the {backend} process group "
+                f"(start it with torchrun): {reason}"
+            ) from None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         if main_rank:
             where = f" on {world_size} processes" if world_size > 1 else ""

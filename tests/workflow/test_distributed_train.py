@@ -38,7 +38,7 @@ BASE: dict[str, Any] = dict(
 #: (norm, meta-optimizer, meta step) per run: BatchNorm is the per-task loop of `map_tasks`,
 #: GroupNorm its vmapped path; the adaptive step all-reduces two extra meta-gradients.
 RUNS: dict[str, dict[str, Any]] = {
-    "adam-group": dict(norm="group", map="diagonal", meta_lr=1e-2),
+    "adam-group": dict(norm="group", map="diagonal"),  # Adam at the default meta_lr 1e-3
     "sgd-batch": dict(norm="batch", map="kronecker", meta_optimizer="sgd", meta_lr=0.1),
     "adaptive-group": dict(
         norm="group", map="identity", meta_optimizer="sgd", meta_step="adaptive"
@@ -296,7 +296,9 @@ def test_torchrun_cli_stops_every_rank_when_one_raises(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 1  # the last good one
 
 
-def test_only_train_runs_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_only_train_runs_under_torchrun(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(SystemExit, match=r"only `train` runs on several processes"):
@@ -304,3 +306,14 @@ def test_only_train_runs_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.delenv("RANK")
     with pytest.raises(SystemExit, match=r"WORLD_SIZE='2' is set but RANK/LOCAL_RANK are missing"):
         main(["train", *TINY, "--out", str(tmp_path)])
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)  # WORLD_SIZE and RANK set by hand
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *TINY, "--out", str(tmp_path), "--iterations", "1"])
+    assert exc.value.code == 1
+    assert re.fullmatch(
+        r"mirroropt train: error: rank 1 of 2 could not join the gloo process group \(start it "
+        r"with torchrun\): .*MASTER_ADDR.*\n",
+        capsys.readouterr().err,
+    )
+    assert not any(tmp_path.iterdir())
