@@ -532,17 +532,18 @@ def _meta_step(
                 return list(
                     torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
                 )
-            value = metric = None
+            share: Tensor | None = None
+            score: Tensor | None = None
             grads: list[Tensor] = []
             error: Exception | None = None
             try:
-                value, metric = objective(seed)
+                share, score = objective(seed)
                 grads = list(
-                    torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
+                    torch.autograd.grad(share, params, allow_unused=True, materialize_grads=True)
                 )
             except Exception as caught:
                 error = caught
-            ranks.agree(error, stop=False, value=value, metric=metric, block=block, what=where)
+            ranks.agree(error, stop=False, value=share, metric=score, block=block, what=where)
             return ranks.sum(grads)
 
         beta = adaptive.lr(params, grad_fn)
