@@ -30,6 +30,7 @@ from mirroropt.workflow import (
     task_seed,
     train,
 )
+from mirroropt.workflow._ranks import Ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = dict(
@@ -106,6 +107,12 @@ def runs(rank: int, world_size: int, folder: str) -> dict[str, Any]:
         train(cfg, checkpoint=root / "stop" / "checkpoint.pt", stop=_StopOnRankOne(rank))
     except TrainingInterrupted as stopped:
         out["stop"] = stopped.iteration
+    # a gradient on rank 0 only is summed; a parameter without one on every rank keeps None
+    used, unused = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    if rank == 0:
+        used.grad = torch.full((2,), 3.0)
+    Ranks.current().sum_gradients([used, unused])
+    out["grads"] = (used.grad, unused.grad)
     return out
 
 
@@ -207,6 +214,14 @@ def test_a_stop_on_one_rank_stops_every_rank_after_the_same_iteration(
     _, two, (_, rank0, rank1) = folders
     assert rank0["stop"] == rank1["stop"] == 2
     assert load_checkpoint(two / "stop" / "checkpoint.pt")["iteration"] == 2
+
+
+def test_gradients_summed_over_ranks_skip_parameters_no_rank_has_a_gradient_for(
+    folders: tuple[Path, Path, list[Any]],
+) -> None:
+    for result in folders[2]:
+        used, unused = result["grads"]
+        assert used.tolist() == [3.0, 3.0] and unused is None
 
 
 def test_resuming_on_another_world_size_is_refused(
