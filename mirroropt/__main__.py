@@ -7,6 +7,7 @@ Examples::
     python -m mirroropt eval --checkpoint runs/diag/checkpoint.pt --tasks 600 --max-steps 10
     python -m mirroropt demo            # MAML vs a learned map on FontGlot (150 iterations each)
     python -m mirroropt reproduce --out runs/reproduce   # the table of docs/results.md
+    torchrun --nproc_per_node 2 -m mirroropt train --map diagonal --out runs/diag2  # 2 processes
 
 Progress bars and plots need the optional extra (``pip install mirroropt[workflow]``).
 """
@@ -267,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on this many meta-test tasks after training (0: skip)",
     )
     p.add_argument("--max-steps", type=_nonneg_int, default=10, help="evaluate k = 0 … this")
+    p.add_argument(
+        "--dist-timeout",
+        type=_positive_float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits in a collective (for a rank that hangs, or "
+        "for rank 0's meta-validation) before the run stops with an error",
+    )
     _add_common(p)
 
     p = sub.add_parser(
@@ -403,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
+def _config(args: argparse.Namespace, world_size: int = 1) -> TrainConfig:
     from mirroropt.workflow import TrainConfig
 
     return TrainConfig(
@@ -436,12 +445,22 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         val_every=args.val_every,
         val_tasks=args.val_tasks,
         start=args.start,
+        world_size=world_size,
     )
 
 
 def _fail(command: str, error: BaseException | str) -> SystemExit:
     """The one line (exit status 1) that a refused or failed command prints."""
     return SystemExit(f"mirroropt {command}: error: {error}")
+
+
+def _fail_rank(line: str) -> SystemExit:
+    """:func:`_fail` for one of several processes: the line is written in one piece (ranks share
+    the terminal, so Python's separate write of the newline could interleave with another rank's
+    line), then exit status 1."""
+    sys.stderr.write(f"mirroropt train: error: {line}\n")
+    sys.stderr.flush()
+    return SystemExit(1)
 
 
 def _out_dir(command: str, out: str) -> Path:
@@ -479,17 +498,91 @@ def _preflight(command: str, cfg: TrainConfig, bench: Any = None, device: Any = 
     return bench
 
 
+def _torchrun(command: str) -> tuple[int, int, int] | None:
+    """``(rank, local_rank, world_size)`` when torchrun started several processes (its
+    ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` variables, ``WORLD_SIZE`` > 1), else ``None``."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        world_size = int(os.environ["WORLD_SIZE"])
+        rank = int(os.environ["RANK"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise _fail(
+            command,
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is set but RANK/LOCAL_RANK are missing or "
+            f"not integers: start several processes with torchrun --nproc_per_node N -m "
+            f"mirroropt {command} ...",
+        ) from None
+    if world_size <= 1:
+        return None
+    if command != "train":
+        raise _fail(
+            command,
+            f"only `train` runs on several processes; run `mirroropt {command}` without "
+            f"torchrun (WORLD_SIZE={world_size})",
+        )
+    if not 0 <= rank < world_size:
+        raise _fail(command, f"RANK={rank} is not in [0, WORLD_SIZE={world_size})")
+    return rank, local_rank, world_size
+
+
+def _rank_device(device: str, local_rank: int) -> str:
+    """Under torchrun: ``cuda`` is this process's GPU ``cuda:LOCAL_RANK``; ``cpu`` stays."""
+    import torch
+
+    target = torch.device(device)
+    if target.type != "cuda":
+        return device
+    if target.index is not None:
+        raise _fail(
+            "train",
+            f"--device {device} under torchrun: pass --device cuda (each rank uses "
+            f"cuda:LOCAL_RANK, here cuda:{local_rank})",
+        )
+    torch.cuda.set_device(local_rank)
+    return f"cuda:{local_rank}"
+
+
+def _rank_failure(error: BaseException, rank: int, world_size: int) -> str:
+    """The one line a rank prints when its distributed run fails."""
+    from mirroropt.distributed import RankFailedError
+    from mirroropt.workflow._ranks import is_collective_failure
+
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    who = f"rank {rank} of {world_size}"
+    if isinstance(error, RankFailedError):
+        return f"{who}: {first}"
+    if is_collective_failure(error):
+        return (
+            f"{who}: a collective operation failed or timed out, most likely because another "
+            f"rank failed, stopped or hung (its own message says why): {first}"
+        )
+    return f"{who} failed: {type(error).__name__}: {first}"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import signal
     import threading
+    import traceback
+    from datetime import timedelta
 
     from mirroropt import NonFiniteError
+    from mirroropt.distributed import RankFailedError
     from mirroropt.workflow import TrainingInterrupted, evaluate, train, write_report
+    from mirroropt.workflow._ranks import is_collective_failure
     from mirroropt.workflow._report import plot_training
     from mirroropt.workflow._train import best_checkpoint_path
 
+    ranks = _torchrun("train")
+    rank, world_size = (ranks[0], ranks[2]) if ranks is not None else (0, 1)
+    main_rank = rank == 0
+    device = args.device if ranks is None else _rank_device(args.device, ranks[1])
     try:
-        cfg = _config(args)
+        cfg = _config(args, world_size=world_size)
     except ValueError as error:
         raise _fail("train", error) from None
     out = _out_dir("train", args.out)
@@ -503,14 +596,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"--out {out} already holds a run ({existing}); pass --resume to continue it or "
             f"--overwrite to start over.",
         )
-    bench = _preflight("train", cfg, device=args.device)
-    if existing is not None:  # --overwrite: the old run goes only once the new one can start
+    bench = _preflight("train", cfg, device=device)
+    if existing is not None and main_rank:  # --overwrite: the old run goes once the new can start
         for old in (ckpt, best_checkpoint_path(ckpt), out / "history.json"):
             old.unlink(missing_ok=True)
+    if ranks is not None:  # torchrun: MASTER_ADDR/MASTER_PORT, RANK, WORLD_SIZE from the env
+        import torch.distributed as dist
+
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=args.dist_timeout))
+        except (ValueError, RuntimeError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise _fail_rank(
+                f"rank {rank} of {world_size} could not join the {backend} process group "
+                f"(start it with torchrun): {reason}"
+            ) from None
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        print(f"training {cfg.map} on {bench.name} into {ckpt}", flush=True)
+        if main_rank:
+            where = f" on {world_size} processes" if world_size > 1 else ""
+            print(f"training {cfg.map} on {bench.name}{where} into {ckpt}", flush=True)
         run = train(
             cfg,
             checkpoint=ckpt,
@@ -518,19 +625,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             benchmark=bench,
             stop=stop,
-            device=args.device,
+            device=device,
         )
     except TrainingInterrupted as stopped:
-        print(
-            f"mirroropt train: stopped by SIGTERM at iteration {stopped.iteration}; checkpoint "
-            f"{ckpt} written; continue with the same command and --resume",
-            file=sys.stderr,
-        )
+        if main_rank:
+            print(
+                f"mirroropt train: stopped by SIGTERM at iteration {stopped.iteration}; "
+                f"checkpoint {ckpt} written; continue with the same command and --resume",
+                file=sys.stderr,
+            )
         return 128 + signal.SIGTERM
     except (NonFiniteError, ValueError, FileNotFoundError) as error:
-        raise _fail("train", error) from None
+        if ranks is None:
+            raise _fail("train", error) from None
+        raise _fail_rank(f"rank {rank} of {world_size}: {error}") from None
+    except Exception as error:
+        if ranks is None:
+            raise
+        if not (isinstance(error, RankFailedError) or is_collective_failure(error)):
+            traceback.print_exc()  # this rank's own failure: its traceback, then the one line
+        raise _fail_rank(_rank_failure(error, rank, world_size)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if ranks is not None:
+            dist.destroy_process_group()
+    if not main_rank:  # rank 0 writes the log, the plot and the evaluation
+        return 0
     (out / "history.json").write_text(json.dumps(run.history))
     plot_training({cfg.map: run.history}, out / "training.png")
     print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
@@ -683,6 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m mirroropt`` and the ``mirroropt`` console script."""
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
+    if args.command != "train":
+        _torchrun(args.command)  # refuses to run W copies of eval, demo or reproduce
     import torch
 
     torch.set_num_threads(args.threads)

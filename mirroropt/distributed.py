@@ -58,7 +58,8 @@ __all__ = [
 
 
 class RankFailedError(RuntimeError):
-    """A process started by :func:`launch` raised, died, or did not finish in time."""
+    """A process started by :func:`launch` raised, died, or did not finish in time; or, raised by
+    :func:`mirroropt.workflow.train` on several ranks, another rank raised (the message names it)."""
 
 
 def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -95,6 +95,10 @@ class TrainConfig:
             ``"anchored"`` — the backbone's φ₀ with the map's geometry centred on it,
             :math:`\tilde g(z) = \phi_0 + g(z) - g(0)` from z₀ = 0 (see :class:`MetaLearner`).
             Ignored for maps with ``to_dual``.
+        world_size: processes each meta-batch is sharded over (``torchrun --nproc_per_node``;
+            the CLI sets it from torchrun's ``WORLD_SIZE``). :func:`~mirroropt.workflow.train`
+            checks that it equals the default process group's size; a run resumes only with
+            the world size it was trained with (see ``docs/distributed.md``).
     """
 
     benchmark: str = "fontglot"
@@ -127,6 +131,7 @@ class TrainConfig:
     val_every: int = 0
     val_tasks: int = 100
     start: Literal["learned", "anchored"] = "learned"
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -143,6 +148,14 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        ws = self.world_size
+        if isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
+            raise ValueError(f"`world_size` must be a positive int, got {ws!r}.")
+        if self.meta_batch < self.world_size:
+            raise ValueError(
+                f"`meta_batch` ({self.meta_batch}) must be at least `world_size` "
+                f"({self.world_size}): every rank needs a task of each meta-batch."
+            )
         for name in ("steps", "seed", "checkpoint_every", "val_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -366,6 +379,7 @@ def meta_loss(
     steps: int,
     objective: str = "query",
     first_order: bool = False,
+    meta_batch: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""The meta-objective of a task batch and the post-adaptation query metric (for logging).
 
@@ -378,9 +392,25 @@ def meta_loss(
 
     Tasks are batched with :func:`mirroropt.map_tasks` (``vmap``, or a loop for BatchNorm).
 
+    With ``meta_batch`` = B, ``batch`` is one rank's block :math:`S_r` of a meta-batch of B tasks
+    sharded over processes (:func:`mirroropt.distributed.shard_tasks`), and both values are its
+    share :math:`\frac1B\sum_{i\in S_r}\ell_i` of the meta-batch mean: the shares of all ranks
+    sum to the mean over the B tasks.
+
     Returns:
         ``(objective, metric)``: scalar tensors, the first differentiable w.r.t. the learner.
+
+    Raises:
+        ValueError: if ``meta_batch`` is below the number of tasks in ``batch``.
     """
+    size = batch.x_support.shape[0]
+    if meta_batch is not None and (
+        isinstance(meta_batch, bool) or not isinstance(meta_batch, int) or meta_batch < size
+    ):
+        raise ValueError(
+            f"`meta_batch` must be an int ≥ the {size} tasks of `batch` (the meta-batch this "
+            f"block belongs to), got {meta_batch!r}."
+        )
     phi0, z0 = learner.start()
     if objective == "metamd":  # the bound trains the geometry, never φ₀ (or z₀)
         phi0 = None if phi0 is None else {n: t.detach() for n, t in phi0.items()}
@@ -405,4 +435,6 @@ def meta_loss(
         return bound, benchmark.metric(out, yq).detach()
 
     values, metrics = map_tasks(per_task, *batch.tensors(), model=learner.model)
-    return values.mean(), metrics.mean()
+    if meta_batch is None:
+        return values.mean(), metrics.mean()
+    return values.sum() / meta_batch, metrics.sum() / meta_batch

@@ -18,6 +18,7 @@ from mirroropt._utils import NonFiniteError
 from mirroropt.workflow._checkpoint import FORMAT, read_payload, remove_stale_temp, write_payload
 from mirroropt.workflow._evaluate import evaluate
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
+from mirroropt.workflow._ranks import Ranks
 from mirroropt.workflow._tasks import Benchmark, build_benchmark, task_seed
 
 __all__ = [
@@ -285,7 +286,17 @@ def train(
             CPU). Tasks and seeds are the same on every device; checkpoints are portable.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (the same on every rank).
+
+    Several processes: called on every rank of an initialized default process group of
+    ``cfg.world_size`` processes (what ``torchrun --nproc_per_node W -m mirroropt train`` sets
+    up), each rank draws the whole meta-batch, meta-trains on its block of tasks (see
+    :mod:`mirroropt.workflow._ranks`) and all-reduces the meta-gradient, so every rank takes the
+    same meta-step; the result equals one process's up to the order of floating-point
+    additions. Only rank 0 writes checkpoints, shows progress and meta-validates (its score is
+    broadcast); every rank reads ``checkpoint`` to resume, so it must be visible to all of them.
+    A rank whose tasks raise stops every rank at the same iteration, the others with an error
+    naming it; ``stop`` set on any rank stops all of them after the same iteration.
 
     A leftover ``<checkpoint>.tmp`` (a write that was killed) is deleted first. Every
     meta-iteration checks that the meta-loss, its gradient and the updated weights are finite;
@@ -295,16 +306,26 @@ def train(
 
     Raises:
         ValueError: if ``resume`` without ``checkpoint``, the checkpoint's config differs, it was
-            written with another number of torch threads, or holds more iterations than
-            ``cfg.iterations``.
+            written with another number of torch threads or another ``world_size``, or holds
+            more iterations than ``cfg.iterations``; or if ``cfg.world_size`` is not the process
+            group's size.
         FileNotFoundError: if ``resume`` and the checkpoint does not exist.
         CheckpointError: if a checkpoint to read is damaged (see :func:`load_checkpoint`).
         NonFiniteError: as above.
         TrainingInterrupted: when ``stop`` is set.
+        RankFailedError: (several processes) when another rank raised.
     """
     if resume and checkpoint is None:
         raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
-    if checkpoint is not None:
+    ranks = Ranks.current()
+    if cfg.world_size != ranks.world_size:
+        raise ValueError(
+            f"`world_size` is {cfg.world_size} in the config but {ranks.world_size} process(es) "
+            f"run it (the default process group of torch.distributed); set "
+            f"TrainConfig(world_size={ranks.world_size})."
+        )
+    progress = progress and ranks.main
+    if checkpoint is not None and ranks.main:
         remove_stale_temp(Path(checkpoint))
         remove_stale_temp(best_checkpoint_path(checkpoint))
     bench = benchmark if benchmark is not None else build_benchmark(cfg, device=device)
@@ -338,6 +359,14 @@ def train(
         for key in ("iterations", "checkpoint_every", "init_from"):
             saved.pop(key)
             mine.pop(key)
+        if saved["world_size"] != mine["world_size"]:
+            was, now = saved["world_size"], mine["world_size"]
+            how = f"torchrun --nproc_per_node {was}" if was > 1 else "one process (no torchrun)"
+            raise ValueError(
+                f"`checkpoint` {str(checkpoint)!r} was trained on {was} process(es) (world_size); "
+                f"resuming on {now} would change its results (the meta-gradient's floating-point "
+                f"summation order): resume with {how}."
+            )
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
             raise ValueError(
@@ -370,6 +399,8 @@ def train(
 
     def objective(seed: int) -> tuple[Tensor, Tensor]:
         batch = bench.sample("train", seed, cfg.meta_batch)
+        if ranks.distributed:  # this rank's block, as its share of the meta-batch mean
+            batch, _, _ = ranks.shard(batch)
         return meta_loss(
             learner,
             bench,
@@ -378,12 +409,17 @@ def train(
             steps=cfg.steps,
             objective=cfg.objective,
             first_order=cfg.first_order,
+            meta_batch=cfg.meta_batch if ranks.distributed else None,
         )
 
     saved_at: int | None = start if resume else None
 
     def save(path: Path | str | os.PathLike[str], done: int) -> None:
         nonlocal saved_at
+        if not ranks.main:  # every rank holds the same state; rank 0 writes it
+            if path == checkpoint:
+                saved_at = done
+            return
         save_checkpoint(
             path,
             config=cfg,
@@ -402,7 +438,9 @@ def train(
     t0 = time.perf_counter()
     for it in bar:
         try:
-            value, metric = _meta_step(it, objective, params, optimizer, adaptive, cfg)
+            value, metric, stopping = _meta_step(
+                it, objective, params, optimizer, adaptive, cfg, ranks=ranks, stop=stop
+            )
         except NonFiniteError as error:
             kept = (
                 f"kept the last good checkpoint {checkpoint} (iteration {saved_at})"
@@ -415,8 +453,8 @@ def train(
             ) from error
         row = {
             "iteration": it + 1,
-            "loss": float(value.detach()),
-            "metric": float(metric),
+            "loss": value,
+            "metric": metric,
             "meta_lr": float(optimizer.param_groups[0]["lr"]),
         }
         history.append(row)
@@ -428,7 +466,9 @@ def train(
             )
         done = it + 1
         if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.iterations):
-            score = meta_validate(learner, bench, cfg)
+            score = ranks.from_main(
+                lambda: meta_validate(learner, bench, cfg), what="meta-validation"
+            )
             validation.append({"iteration": done, "value": score})
             better = not best or (
                 score > best["value"] if bench.kind == "classification" else score < best["value"]
@@ -440,13 +480,15 @@ def train(
                     save(best_path, done)
         if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             save(checkpoint, done)
-        if stop is not None and stop.is_set():
+        if stopping:
             if checkpoint is not None and saved_at != done:
                 save(checkpoint, done)
+            ranks.sync()
             raise TrainingInterrupted(done, Path(checkpoint) if checkpoint is not None else None)
     seconds = time.perf_counter() - t0
     if checkpoint is not None:
         save(checkpoint, max(start, cfg.iterations))
+    ranks.sync()
     return TrainResult(
         cfg,
         learner,
@@ -467,29 +509,71 @@ def _meta_step(
     optimizer: torch.optim.Optimizer,
     adaptive: AdaptiveMetaStep | None,
     cfg: TrainConfig,
-) -> tuple[Tensor, Tensor]:
-    """One meta-iteration; raises NonFiniteError before a non-finite value reaches the weights."""
+    *,
+    ranks: Ranks | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[float, float, bool]:
+    """One meta-iteration: ``(meta-loss, metric, stop)``; raises NonFiniteError before a
+    non-finite value reaches the weights.
+
+    With several ranks, each back-propagates its share and the gradients are summed over ranks;
+    the loss and metric shares, the stop flag and any failure are shared first (one small
+    all-reduce), so every rank makes the same decisions. With one rank ``stop`` is read at the
+    end of the iteration, as before."""
+    ranks = ranks if ranks is not None else Ranks()
+    block = (*ranks.bounds(cfg.meta_batch), cfg.meta_batch)
+    where = f"at meta-iteration {it + 1} "
     if adaptive is not None:
         extra_seed = task_seed(cfg.seed, "train", it, stream=1)
 
         def grad_fn(seed: int = extra_seed) -> list[Tensor]:
-            value, _ = objective(seed)
-            return list(
-                torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
-            )
+            if not ranks.distributed:
+                value, _ = objective(seed)
+                return list(
+                    torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
+                )
+            share: Tensor | None = None
+            score: Tensor | None = None
+            grads: list[Tensor] = []
+            error: Exception | None = None
+            try:
+                share, score = objective(seed)
+                grads = list(
+                    torch.autograd.grad(share, params, allow_unused=True, materialize_grads=True)
+                )
+            except Exception as caught:
+                error = caught
+            ranks.agree(error, stop=False, value=share, metric=score, block=block, what=where)
+            return ranks.sum(grads)
 
         beta = adaptive.lr(params, grad_fn)
         for group in optimizer.param_groups:
             group["lr"] = beta * group.get("lr_ratio", 1.0)
     optimizer.zero_grad(set_to_none=True)
-    value, metric = objective(task_seed(cfg.seed, "train", it))
-    if not bool(torch.isfinite(value.detach())):
-        raise NonFiniteError(f"the meta-loss is {float(value.detach())}")
+    error: Exception | None = None
+    value: Tensor | None = None
+    metric: Tensor | None = None
+    try:
+        value, metric = objective(task_seed(cfg.seed, "train", it))
+    except Exception as caught:
+        if not ranks.distributed:
+            raise
+        error = caught
+    stopping = ranks.distributed and stop is not None and stop.is_set()
+    total, score, stop_all = ranks.agree(
+        error, stop=stopping, value=value, metric=metric, block=block, what=where
+    )
+    if not math.isfinite(total):
+        raise NonFiniteError(f"the meta-loss is {total}")
+    assert value is not None
     value.backward()
+    ranks.sum_gradients(params)
     _check_all_finite([p.grad for p in params if p.grad is not None], "the meta-gradient")
     optimizer.step()
     _check_all_finite([p.detach() for p in params], "a weight after the meta-step")
-    return value, metric
+    if not ranks.distributed:
+        stop_all = stop is not None and stop.is_set()
+    return total, score, stop_all
 
 
 def _check_all_finite(tensors: list[Tensor], what: str) -> None:

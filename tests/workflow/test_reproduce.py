@@ -248,10 +248,10 @@ def test_a_diverging_run_ends_at_its_best_checkpoint_and_never_sinks_its_method(
     real = train_module._meta_step
     stops = {(0, 3e-2): 3, (0, 0.5): 1, (1, 3e-2): 3, (1, 1e-3): 3, (2, 3e-2): 1, (2, 1e-3): 1}
 
-    def meta_step(it, objective, params, optimizer, adaptive, cfg):  # type: ignore[no-untyped-def]
+    def meta_step(it, objective, params, optimizer, adaptive, cfg, **kw):  # type: ignore[no-untyped-def]
         if stops.get((cfg.seed, cfg.map_meta_lr)) == it + 1:
             raise NonFiniteError("the meta-gradient is not finite")
-        return real(it, objective, params, optimizer, adaptive, cfg)
+        return real(it, objective, params, optimizer, adaptive, cfg, **kw)
 
     monkeypatch.setattr(train_module, "_meta_step", meta_step)
     grid = {"grid": (1e-3, 3e-2, 0.5), "seeds": (0, 1, 2)}  # (seed, map meta-lr) → it. above
