@@ -85,3 +85,40 @@ def test_log_panel_bands_with_an_edge_below_zero_run_to_the_floor_not_vanish(
     ys = band.get_paths()[0].vertices[:, 1]
     assert ys.min() == 0.01 / 2  # half the smallest positive value: drawn, at the floor
     assert ys.max() == 1.5  # the upper edges are untouched
+
+
+def test_plots_carry_title_ci_label_horizon_marker_percent_and_integer_ticks(
+    tmp_path, monkeypatch
+) -> None:
+    # issue 12's plot conventions, read back from the figure a wrong plot would not have
+    from matplotlib.ticker import MaxNLocator
+
+    from mirroropt.workflow import _report
+    from mirroropt.workflow._evaluate import EvalResult
+
+    curve = {"mean": [0.2, 0.5, 0.7], "ci95": [0.01, 0.02, 0.03]}
+    loss = {"mean": [1.0, 0.5, 0.2], "ci95": [0.1, 0.1, 0.1]}
+    results = {
+        "MAML": EvalResult("accuracy", curve, loss, loss, 10),
+        "Meta-SGD": EvalResult("accuracy", curve, loss, loss, 10),
+    }
+    seen = {}
+    monkeypatch.setattr(_report, "_save", lambda plt, fig, path: seen.setdefault("fig", fig))
+    title = "FontGlot 5-way 1-shot, 300 test tasks"
+    _report.plot_curves(results, tmp_path / "p.png", title=title, horizon=2)
+    fig = seen["fig"]
+    ax_m, ax_l = fig.axes
+    assert fig._suptitle.get_text() == title
+    labels = [t.get_text() for t in ax_m.get_legend().get_texts()]
+    assert labels.count("95% CI") == 1 and "training horizon K = 2" in labels
+    assert {"MAML", "Meta-SGD"} <= set(labels)
+    assert ax_m.get_ylabel() == "query accuracy (%)" and ax_l.get_yscale() == "log"
+    assert max(ax_m.lines[0].get_ydata()) == 70.0  # the table's unit, %
+    assert [ax.get_xlabel() for ax in (ax_m, ax_l)] == ["inner step k"] * 2
+    assert ax_m.get_title().endswith("vs inner steps") and ax_l.get_title().endswith(
+        "vs inner steps"
+    )
+    for ax in (ax_m, ax_l):
+        locator = ax.xaxis.get_major_locator()
+        assert isinstance(locator, MaxNLocator) and locator._integer
+        assert any(list(line.get_xdata()) == [2, 2] for line in ax.lines)  # the K marker
