@@ -403,8 +403,8 @@ def _fold_weights(weights: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
     Computed once per :meth:`ConvexPotential.prepared` (once per inner loop): the input weights
     split by feature as ``[T, 1, 1, H]`` columns, :math:`W^\top`, and the output weight folded into
-    the backward's matrices, :math:`\operatorname{diag}(v)\,W` and :math:`\operatorname{diag}(v)\,B_1`
-    (so :math:`t_1 = v \odot \sigma(a_1)` is never formed).
+    the backward's matrices, :math:`[\operatorname{diag}(v)\,W \mid \operatorname{diag}(v)\,B_1]`
+    side by side (so :math:`t_1 = v \odot \sigma(a_1)` is never formed).
     """
     mu, in0, bias0, mix, in1, bias1, out = weights
     t, h = mix.shape[0], mix.shape[-1]
@@ -418,8 +418,9 @@ def _fold_weights(weights: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         (col(in0, 0), col(in0, 1), col(in0, 2), bias0.reshape(t, 1, 1, h)),
         (col(in1, 0), col(in1, 1), col(in1, 2), bias1.reshape(t, 1, 1, h)),
         mix.mT,  # a1 = u W^T + ...
-        v * mix,  # diag(v) W: t0 = (t1 W) ⊙ σ(a0) = (σ(a1) diag(v) W) ⊙ σ(a0)
-        v * in1,  # diag(v) B1: t1 B1 = σ(a1) diag(v) B1
+        # [diag(v) W | diag(v) B1], [T, H, H + 3]: one product of σ(a1) gives both
+        # t1 W = σ(a1) diag(v) W (for t0 = (t1 W) ⊙ σ(a0)) and t1 B1 = σ(a1) diag(v) B1
+        torch.cat([v * mix, v * in1], dim=-1),
         in0,  # [T, H, 3]: t0 B0
     )
 
@@ -435,13 +436,14 @@ def _icnn_gradient(z: Tensor, folded: tuple[Tensor, ...]) -> Tensor:
     :math:`\partial F/\partial x_i = d_i = B_1^\top t_{1,i} + B_0^\top t_{0,i} \in \mathbb R^3`, and
     the three features of :math:`x_i = P_i z` pull back to
     :math:`\nabla h^*_t(z)_i = \mu z_i + d^{(0)}_i + \overline{d^{(1)}}_{r(i)} + \overline{d^{(2)}}`.
-    All three components of :math:`d_i` come from two matrix products with ``[H, 3]`` matrices
-    (:math:`\sigma(a_1)\operatorname{diag}(v)B_1` and :math:`t_0B_0`), whose row and tensor means
+    One product of :math:`\sigma(a_1)` with :math:`[\operatorname{diag}(v)W \mid
+    \operatorname{diag}(v)B_1]` gives :math:`t_1W` and :math:`t_1B_1`; all three components of
+    :math:`d_i` are then :math:`t_1B_1 + t_0B_0` (``[H, 3]`` matrices), whose row and tensor means
     then give the mean features' terms; the row and tensor means of ``z`` enter :math:`a_0, a_1`
     affinely, once per row. Equal to ``torch.func.grad`` of :meth:`ConvexPotential.potential`
     (tested in float64) and differentiable to any order, without a nested transform per step.
     """
-    mu, (b00, b01, b02, c0), (b10, b11, b12, c1), mix_t, v_mix, v_in1, in0 = folded
+    mu, (b00, b01, b02, c0), (b10, b11, b12, c1), mix_t, v_mix_in1, in0 = folded
     t, rows, cols = z.shape
     h = mix_t.shape[-1]
     n = rows * cols
@@ -452,8 +454,9 @@ def _icnn_gradient(z: Tensor, folded: tuple[Tensor, ...]) -> Tensor:
     u = _softplus(a0).reshape(t, n, h)
     a1 = torch.addcmul(row_mean * b11 + mean * b12 + c1, zc, b10).reshape(t, n, h)
     s1 = torch.sigmoid(torch.baddbmm(a1, u, mix_t))  # σ(a1), [T, n, H]
-    t0 = torch.bmm(s1, v_mix) * torch.sigmoid(a0).reshape(t, n, h)
-    d = torch.baddbmm(torch.bmm(s1, v_in1), t0, in0).reshape(t, rows, cols, 3)
+    t1_w, t1_b1 = torch.bmm(s1, v_mix_in1).split([h, 3], dim=-1)
+    t0 = t1_w * torch.sigmoid(a0).reshape(t, n, h)
+    d = torch.baddbmm(t1_b1, t0, in0).reshape(t, rows, cols, 3)
     d1 = d[..., 1].mean(dim=2, keepdim=True)  # [T, rows, 1]
     d2 = d[..., 2].mean(dim=(1, 2), keepdim=True)  # [T, 1, 1]
     return mu * z + d[..., 0] + d1 + d2

@@ -47,10 +47,10 @@ def _mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
         view = [1] * x.ndim
         view[mode] = -1
         return x * factor.reshape(view)
-    if mode == 0:
-        return (factor @ x.reshape(x.shape[0], -1)).reshape(x.shape)
+    if mode == 0:  # explicit sizes: a -1 is ambiguous for zero-size tensors
+        return (factor @ x.reshape(x.shape[0], math.prod(x.shape[1:]))).reshape(x.shape)
     if mode == x.ndim - 1:
-        return (x.reshape(-1, x.shape[-1]) @ factor.mT).reshape(x.shape)
+        return (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) @ factor.mT).reshape(x.shape)
     return torch.matmul(factor, x)  # the middle of three modes: (O, I, K) → A @ x[o] for each o
 
 
