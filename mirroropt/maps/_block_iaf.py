@@ -379,10 +379,9 @@ class BlockIAF(MirrorMap):
             weight = torch.stack([b.enc_out.weight for b in group])  # type: ignore[union-attr]
             encoders.append((idx, down, weight))
         order = [i for idx, _, _ in encoders for i in idx]
-        # row r of the concatenated encodings belongs to block order[r]; put them in block order
-        to_block_order = torch.tensor(
-            sorted(range(len(order)), key=order.__getitem__), device=blocks[0].head_bias.device
-        )
+        # row r of the concatenated encodings belongs to block order[r]; rows in block order (a
+        # Python permutation, not an index tensor: no host-to-device copy per call)
+        to_block_order = sorted(range(len(order)), key=order.__getitem__)
 
         decoders = []
         for shape, idx in dec_groups.items():
@@ -399,10 +398,7 @@ class BlockIAF(MirrorMap):
                 constant_scale = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(
                     a + self._a0
                 )
-            context_rows = torch.tensor([i - 1 for i in idx], device=head_b.device)
-            decoders.append(
-                (idx, shape, core, lift, dec_w, dec_b, head_w, head_b, constant_scale, context_rows)
-            )
+            decoders.append((idx, shape, core, lift, dec_w, dec_b, head_w, head_b, constant_scale))
 
         def to_primal(z: Mapping[str, Tensor]) -> Params:
             out: Params = {names[0]: z[names[0]] * first[0] + first[1]}
@@ -413,10 +409,11 @@ class BlockIAF(MirrorMap):
                 zs = torch.stack([z[names[i]] for i in idx])  # [G, *shape]
                 core = torch.tanh(_batched_mode_product(zs, down, first=1).reshape(len(idx), 1, -1))
                 encodings.append(torch.bmm(core, weight.mT))  # [G, 1, width]
-            e = torch.cat(encodings).squeeze(1).index_select(0, to_block_order)
-            contexts = torch.cumsum(e, dim=0)  # row B - 1: c_B = e_0 + ... + e_{B-1}
-            for idx, shape, core, lift, dec_w, dec_b, head_w, head_b, scale, rows in decoders:
-                c = contexts.index_select(0, rows).unsqueeze(1)  # [G, 1, width]
+            rows = torch.cat(encodings).squeeze(1).unbind(0)
+            e = torch.stack([rows[r] for r in to_block_order])  # [blocks - 1, width]
+            contexts = torch.cumsum(e, dim=0).unbind(0)  # B - 1: c_B = e_0 + ... + e_{B-1}
+            for idx, shape, core, lift, dec_w, dec_b, head_w, head_b, scale in decoders:
+                c = torch.stack([contexts[i - 1] for i in idx]).unsqueeze(1)  # [G, 1, width]
                 head = torch.bmm(torch.tanh(torch.baddbmm(dec_b, c, dec_w)), head_w)
                 if self.monotone:
                     assert kappa is not None and scale is not None
