@@ -407,8 +407,8 @@ class BlockIAF(MirrorMap):
             encodings = []
             for idx, down, weight in encoders:
                 zs = torch.stack([z[names[i]] for i in idx])  # [G, *shape]
-                core = torch.tanh(_batched_mode_product(zs, down, first=1).reshape(len(idx), 1, -1))
-                encodings.append(torch.bmm(core, weight.mT))  # [G, 1, width]
+                code = torch.tanh(_batched_mode_product(zs, down, first=1).reshape(len(idx), 1, -1))
+                encodings.append(torch.bmm(code, weight.mT))  # [G, 1, width]
             rows = torch.cat(encodings).squeeze(1).unbind(0)
             e = torch.stack([rows[r] for r in to_block_order])  # [blocks - 1, width]
             contexts = torch.cumsum(e, dim=0).unbind(0)  # B - 1: c_B = e_0 + ... + e_{B-1}

@@ -398,7 +398,19 @@ class ConvexPotential(MirrorMap):
         return f"{super().extra_repr()}, hidden={self.hidden}, weights={self.weights!r}"
 
 
-def _fold_weights(weights: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+#: :func:`_fold_weights`' output: μ, the (B0 columns, c0), the (B1 columns, c1), Wᵀ,
+#: [diag(v)W | diag(v)B1] and B0.
+_Folded = tuple[
+    Tensor,
+    tuple[Tensor, Tensor, Tensor, Tensor],
+    tuple[Tensor, Tensor, Tensor, Tensor],
+    Tensor,
+    Tensor,
+    Tensor,
+]
+
+
+def _fold_weights(weights: tuple[Tensor, ...]) -> _Folded:
     r"""The z-independent pieces of :func:`_icnn_gradient`, from stacked ``(μ, B0, c0, W, B1, c1, v)``.
 
     Computed once per :meth:`ConvexPotential.prepared` (once per inner loop): the input weights
@@ -425,7 +437,7 @@ def _fold_weights(weights: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     )
 
 
-def _icnn_gradient(z: Tensor, folded: tuple[Tensor, ...]) -> Tensor:
+def _icnn_gradient(z: Tensor, folded: _Folded) -> Tensor:
     r"""Closed-form :math:`\nabla h^*_t` for T tensors of one shape at once (the ICNN backward).
 
     ``z`` is ``[T, rows, cols]``; ``folded`` is :func:`_fold_weights` of the stacked
