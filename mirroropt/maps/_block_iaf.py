@@ -28,6 +28,26 @@ def _mode_product(x: Tensor, mats: Sequence[Tensor], first: int = 0) -> Tensor:
     return x
 
 
+def _batched_mode_product(x: Tensor, mats: Sequence[Tensor], first: int) -> Tensor:
+    """:func:`_mode_product` over a leading group dimension: ``out[g] = x[g] ×_k mats[k][g]``.
+
+    ``x`` is ``[G, ...]`` and ``mats[k]`` is ``[G, p_k, q_k]``, multiplied into dimension
+    ``first + k`` of ``x`` (``first ≥ 1``); one ``einsum`` per mode for the whole group.
+    """
+    letters = "abcdefghijklmnopqrstuvw"[: x.ndim - 1]
+    for k, m in enumerate(mats):
+        mode = letters[first - 1 + k]
+        out = letters.replace(mode, "y")
+        x = torch.einsum(f"Zy{mode},Z{letters}->Z{out}", m, x)
+    return x
+
+
+def _lift(cores: Tensor, lift: Sequence[Tensor], core: torch.Size) -> Tensor:
+    """A decoder group's ``[G, c, numel(core)]`` cores times its lift factors: ``[G, c, numel]``."""
+    g, c = cores.shape[:2]
+    return _batched_mode_product(cores.reshape(g, c, *core), lift, first=2).reshape(g, c, -1)
+
+
 def _squared_spectral_norms(mats: Sequence[Tensor]) -> Tensor:
     r"""The squared spectral norms :math:`\|M_i\|_2^2`, all in one batched symmetric eigensolve.
 
@@ -330,30 +350,83 @@ class BlockIAF(MirrorMap):
         return self.prepared()(z)
 
     def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
-        r""":meth:`to_primal` with the z-independent work done once per inner loop.
+        r""":meth:`to_primal` with the z-independent work done once per inner loop, batched.
 
-        That is :math:`\kappa` (spectral norms, ``monotone=True``) and the first block's scale and
-        shift, which have no context; later blocks depend on earlier ones' ``z``.
+        Once per call: :math:`\kappa` (spectral norms, ``monotone=True``), the first block's scale
+        and shift (no context), the constant scales of ``monotone=True``, and, for every group of
+        blocks of one shape, their stacked encoder and decoder weights. Per application the encodings :math:`e_j(z_j)` depend on
+        :math:`z_j` alone, so all of them are computed at once (one batched evaluation per shape
+        group), the contexts :math:`c_B = \sum_{j<B} e_j` are one prefix sum (the same left-to-right
+        additions as block by block), and all decoders then run batched per shape group.
         """
         kappa = self._kappa() if self.monotone else None
-        items = list(zip(self.shapes.items(), self._blocks()))
-        (_, first_shape), first_block = items[0]
-        first = self._affine(first_block, first_shape, None, kappa)
+        names = list(self.shapes)
+        shapes = list(self.shapes.values())
+        blocks = self._blocks()
+        first = self._affine(blocks[0], shapes[0], None, kappa)
+        enc_groups: dict[torch.Size, list[int]] = {}
+        dec_groups: dict[torch.Size, list[int]] = {}
+        for i, (shape, block) in enumerate(zip(shapes, blocks)):
+            if block.enc_out is not None:
+                enc_groups.setdefault(shape, []).append(i)
+            if i > 0:
+                dec_groups.setdefault(shape, []).append(i)
+
+        encoders = []
+        for shape, idx in enc_groups.items():
+            group = [blocks[i] for i in idx]
+            down = [torch.stack([b.down[k] for b in group]) for k in range(len(shape))]
+            weight = torch.stack([b.enc_out.weight for b in group])  # type: ignore[union-attr]
+            encoders.append((idx, down, weight))
+        order = [i for idx, _, _ in encoders for i in idx]
+        # row r of the concatenated encodings belongs to block order[r]; rows in block order (a
+        # Python permutation, not an index tensor: no host-to-device copy per call)
+        to_block_order = sorted(range(len(order)), key=order.__getitem__)
+
+        decoders = []
+        for shape, idx in dec_groups.items():
+            group = [blocks[i] for i in idx]
+            lift = [torch.stack([b.lift[k] for b in group]) for k in range(len(shape))]
+            core = group[0].core
+            dec_w = torch.stack([b.dec_in.weight for b in group]).mT  # type: ignore[union-attr]
+            dec_b = torch.stack([b.dec_in.bias for b in group]).unsqueeze(1)  # type: ignore[union-attr]
+            head_w = torch.stack([b.head_weight for b in group]).mT  # type: ignore[misc]
+            head_b = torch.stack([b.head_bias for b in group])  # [G, 2, core]
+            constant_scale = None
+            if self.monotone:  # the scale has no context: compute it here
+                a = _lift(head_b[:, :1], lift, core).squeeze(1)
+                constant_scale = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(
+                    a + self._a0
+                )
+            decoders.append((idx, shape, core, lift, dec_w, dec_b, head_w, head_b, constant_scale))
 
         def to_primal(z: Mapping[str, Tensor]) -> Params:
-            out: Params = {}
-            context: Tensor | None = None
-            for (name, shape), block in items:
-                z_b = z[name]
-                if context is None:
-                    scale, mu = first  # only the first block runs without context
+            out: Params = {names[0]: z[names[0]] * first[0] + first[1]}
+            if len(names) == 1:
+                return out
+            encodings = []
+            for idx, down, weight in encoders:
+                zs = torch.stack([z[names[i]] for i in idx])  # [G, *shape]
+                code = torch.tanh(_batched_mode_product(zs, down, first=1).reshape(len(idx), 1, -1))
+                encodings.append(torch.bmm(code, weight.mT))  # [G, 1, width]
+            rows = torch.cat(encodings).squeeze(1).unbind(0)
+            e = torch.stack([rows[r] for r in to_block_order])  # [blocks - 1, width]
+            contexts = torch.cumsum(e, dim=0).unbind(0)  # B - 1: c_B = e_0 + ... + e_{B-1}
+            for idx, shape, core, lift, dec_w, dec_b, head_w, head_b, scale in decoders:
+                c = torch.stack([contexts[i - 1] for i in idx]).unsqueeze(1)  # [G, 1, width]
+                head = torch.bmm(torch.tanh(torch.baddbmm(dec_b, c, dec_w)), head_w)
+                if self.monotone:
+                    assert kappa is not None and scale is not None
+                    mu = _lift(head_b[:, 1:] + kappa * head, lift, core).squeeze(1)
                 else:
-                    scale, mu = self._affine(block, shape, context, kappa)
-                out[name] = z_b * scale + mu
-                if block.enc_out is not None:
-                    e = self._encode(block, z_b)
-                    context = e if context is None else context + e
-            return out
+                    a_mu = _lift(head_b + head.reshape(head_b.shape), lift, core)  # [G, 2, numel]
+                    a, mu = a_mu.unbind(1)
+                    scale = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a + self._a0)
+                # one addcmul per block, not per group: under vmap a slice of a group's result is
+                # strided (the task dimension spans the group); this output is contiguous
+                for i, s_i, mu_i in zip(idx, scale.unbind(0), mu.unbind(0)):
+                    out[names[i]] = torch.addcmul(mu_i, z[names[i]].reshape(-1), s_i).reshape(shape)
+            return {n: out[n] for n in names}
 
         return to_primal
 

@@ -259,7 +259,7 @@ class ConvexPotential(MirrorMap):
         stacked = []
         for shape, names in groups.items():
             per_tensor = [self._weights(n) for n in names]
-            weights = tuple(torch.stack(list(w)) for w in zip(*per_tensor))
+            weights = _fold_weights(tuple(torch.stack(list(w)) for w in zip(*per_tensor)))
             rows = shape[0] if len(shape) > 0 else 1
             stacked.append((names, shape, rows, weights))
 
@@ -398,47 +398,80 @@ class ConvexPotential(MirrorMap):
         return f"{super().extra_repr()}, hidden={self.hidden}, weights={self.weights!r}"
 
 
-def _icnn_gradient(z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
-    r"""Closed-form :math:`\nabla h^*_t` for T tensors of one shape at once (the ICNN backward).
+#: :func:`_fold_weights`' output: μ, the (B0 columns, c0), the (B1 columns, c1), Wᵀ,
+#: [diag(v)W | diag(v)B1] and B0.
+_Folded = tuple[
+    Tensor,
+    tuple[Tensor, Tensor, Tensor, Tensor],
+    tuple[Tensor, Tensor, Tensor, Tensor],
+    Tensor,
+    Tensor,
+    Tensor,
+]
 
-    ``z`` is ``[T, rows, cols]``; ``weights`` are the stacked ``(μ, B0, c0, W, B1, c1, v)``.
-    With :math:`a_0 = B_0x + c_0`, :math:`a_1 = Wu + B_1x + c_1`, :math:`t_1 = v\odot\sigma(a_1)`
-    and :math:`t_0 = (W^\top t_1)\odot\sigma(a_0)` (:math:`\sigma = \operatorname{softplus}'`,
-    which is exactly 1 in floating point above the threshold, like softplus's own backward),
-    :math:`\partial F/\partial x_i = d_i = B_1^\top t_{1,i} + B_0^\top t_{0,i}`, and the three
-    features of :math:`x_i = P_i z` pull back to
-    :math:`\nabla h^*_t(z)_i = \mu z_i + d^{(0)}_i + \overline{d^{(1)}}_{r(i)} + \overline{d^{(2)}}`.
-    The row and tensor means enter affinely, so their terms are computed once per row (not per
-    coordinate). Equal to ``torch.func.grad`` of :meth:`ConvexPotential.potential` (tested in
-    float64) and differentiable to any order, without a nested transform per step.
+
+def _fold_weights(weights: tuple[Tensor, ...]) -> _Folded:
+    r"""The z-independent pieces of :func:`_icnn_gradient`, from stacked ``(μ, B0, c0, W, B1, c1, v)``.
+
+    Computed once per :meth:`ConvexPotential.prepared` (once per inner loop): the input weights
+    split by feature as ``[T, 1, 1, H]`` columns, :math:`W^\top`, and the output weight folded into
+    the backward's matrices, :math:`[\operatorname{diag}(v)\,W \mid \operatorname{diag}(v)\,B_1]`
+    side by side (so :math:`t_1 = v \odot \sigma(a_1)` is never formed).
     """
     mu, in0, bias0, mix, in1, bias1, out = weights
-    t, rows, cols = z.shape
-    h = mix.shape[-1]
+    t, h = mix.shape[0], mix.shape[-1]
 
     def col(w: Tensor, k: int) -> Tensor:  # feature k of the input weights, as [T, 1, 1, H]
         return w[..., k].reshape(t, 1, 1, h)
 
+    v = out.unsqueeze(-1)  # [T, H, 1]
+    return (
+        mu.reshape(t, 1, 1),
+        (col(in0, 0), col(in0, 1), col(in0, 2), bias0.reshape(t, 1, 1, h)),
+        (col(in1, 0), col(in1, 1), col(in1, 2), bias1.reshape(t, 1, 1, h)),
+        mix.mT,  # a1 = u W^T + ...
+        # [diag(v) W | diag(v) B1], [T, H, H + 3]: one product of σ(a1) gives both
+        # t1 W = σ(a1) diag(v) W (for t0 = (t1 W) ⊙ σ(a0)) and t1 B1 = σ(a1) diag(v) B1
+        torch.cat([v * mix, v * in1], dim=-1),
+        in0,  # [T, H, 3]: t0 B0
+    )
+
+
+def _icnn_gradient(z: Tensor, folded: _Folded) -> Tensor:
+    r"""Closed-form :math:`\nabla h^*_t` for T tensors of one shape at once (the ICNN backward).
+
+    ``z`` is ``[T, rows, cols]``; ``folded`` is :func:`_fold_weights` of the stacked
+    ``(μ, B0, c0, W, B1, c1, v)``. With :math:`a_0 = B_0x + c_0`, :math:`u = \operatorname{softplus}(a_0)`,
+    :math:`a_1 = Wu + B_1x + c_1`, :math:`t_1 = v\odot\sigma(a_1)` and
+    :math:`t_0 = (W^\top t_1)\odot\sigma(a_0)` (:math:`\sigma = \operatorname{softplus}'`, which is
+    exactly 1 in floating point above the threshold, like softplus's own backward),
+    :math:`\partial F/\partial x_i = d_i = B_1^\top t_{1,i} + B_0^\top t_{0,i} \in \mathbb R^3`, and
+    the three features of :math:`x_i = P_i z` pull back to
+    :math:`\nabla h^*_t(z)_i = \mu z_i + d^{(0)}_i + \overline{d^{(1)}}_{r(i)} + \overline{d^{(2)}}`.
+    One product of :math:`\sigma(a_1)` with :math:`[\operatorname{diag}(v)W \mid
+    \operatorname{diag}(v)B_1]` gives :math:`t_1W` and :math:`t_1B_1`; all three components of
+    :math:`d_i` are then :math:`t_1B_1 + t_0B_0` (``[H, 3]`` matrices), whose row and tensor means
+    then give the mean features' terms; the row and tensor means of ``z`` enter :math:`a_0, a_1`
+    affinely, once per row. Equal to ``torch.func.grad`` of :meth:`ConvexPotential.potential`
+    (tested in float64) and differentiable to any order, without a nested transform per step.
+    """
+    mu, (b00, b01, b02, c0), (b10, b11, b12, c1), mix_t, v_mix_in1, in0 = folded
+    t, rows, cols = z.shape
+    h = mix_t.shape[-1]
+    n = rows * cols
     row_mean = z.mean(dim=2, keepdim=True).unsqueeze(-1)  # [T, rows, 1, 1]
     mean = z.mean(dim=(1, 2), keepdim=True).unsqueeze(-1)  # [T, 1, 1, 1]
-    c0 = bias0.reshape(t, 1, 1, h)
-    c1 = bias1.reshape(t, 1, 1, h)
     zc = z.unsqueeze(-1)  # [T, rows, cols, 1]
-    a0 = torch.addcmul(row_mean * col(in0, 1) + mean * col(in0, 2) + c0, zc, col(in0, 0))
-    u = _softplus(a0).reshape(t, rows * cols, h)
-    a1 = torch.addcmul(row_mean * col(in1, 1) + mean * col(in1, 2) + c1, zc, col(in1, 0))
-    a1 = a1 + torch.bmm(u, mix.mT).reshape(t, rows, cols, h)
-    t1 = torch.sigmoid(a1) * out.reshape(t, 1, 1, h)
-    t0 = torch.bmm(t1.reshape(t, rows * cols, h), mix).reshape(t, rows, cols, h)
-    t0 = t0 * torch.sigmoid(a0)
-    n = rows * cols
-    d0 = torch.bmm(t1.reshape(t, n, h), in1[..., :1]) + torch.bmm(t0.reshape(t, n, h), in0[..., :1])
-    d0 = d0.reshape(t, rows, cols)
-    r1, r0 = t1.sum(dim=2, keepdim=True), t0.sum(dim=2, keepdim=True)  # [T, rows, 1, H]
-    d1 = (r1 * col(in1, 1) + r0 * col(in0, 1)).sum(-1) / cols  # [T, rows, 1]
-    d2 = r1.sum(dim=1, keepdim=True) * col(in1, 2) + r0.sum(dim=1, keepdim=True) * col(in0, 2)
-    d2 = d2.sum(-1) / n  # [T, 1, 1]
-    return mu.reshape(t, 1, 1) * z + d0 + d1 + d2
+    a0 = torch.addcmul(row_mean * b01 + mean * b02 + c0, zc, b00)  # [T, rows, cols, H]
+    u = _softplus(a0).reshape(t, n, h)
+    a1 = torch.addcmul(row_mean * b11 + mean * b12 + c1, zc, b10).reshape(t, n, h)
+    s1 = torch.sigmoid(torch.baddbmm(a1, u, mix_t))  # σ(a1), [T, n, H]
+    t1_w, t1_b1 = torch.bmm(s1, v_mix_in1).split([h, 3], dim=-1)
+    t0 = t1_w * torch.sigmoid(a0).reshape(t, n, h)
+    d = torch.baddbmm(t1_b1, t0, in0).reshape(t, rows, cols, 3)
+    d1 = d[..., 1].mean(dim=2, keepdim=True)  # [T, rows, 1]
+    d2 = d[..., 2].mean(dim=(1, 2), keepdim=True)  # [T, 1, 1]
+    return mu * z + d[..., 0] + d1 + d2
 
 
 def _conjugate_gradient(matvec: Any, rhs: Tensor, steps: int) -> Tensor:

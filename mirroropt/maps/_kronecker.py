@@ -23,7 +23,6 @@ _MODES: dict[int, tuple[str, ...]] = {
     2: ("out", "in"),
     3: ("out", "in", "kernel"),
 }
-_LETTERS = "abc"
 
 #: dtypes whose matrix exponential and eigenvalues are computed in float32 (torch's half-precision
 #: ``matrix_exp`` on CPU returns inf/nan or values off by ~2e4; ``eigvalsh`` has no half kernel).
@@ -38,14 +37,21 @@ def _mode_sizes(shape: torch.Size) -> tuple[int, ...]:
 
 
 def _mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
-    r"""The mode-``mode`` product :math:`x \times_{mode} A` (``A`` a matrix, or a diagonal vector)."""
+    r"""The mode-``mode`` product :math:`x \times_{mode} A` (``A`` a matrix, or a diagonal vector).
+
+    ``x`` has up to three modes. A dense factor is one matrix product on a view of ``x``, no
+    permutation: :math:`A X_{(1)}` for the first mode, :math:`X A^\top` on the rows of the last,
+    and a broadcast :math:`A X_{[o]}` over the leading index for the middle one.
+    """
     if factor.ndim == 1:
         view = [1] * x.ndim
         view[mode] = -1
         return x * factor.reshape(view)
-    letters = _LETTERS[: x.ndim]
-    out = letters.replace(letters[mode], "y")
-    return torch.einsum(f"y{letters[mode]},{letters}->{out}", factor, x)
+    if mode == 0:  # explicit sizes: a -1 is ambiguous for zero-size tensors
+        return (factor @ x.reshape(x.shape[0], math.prod(x.shape[1:]))).reshape(x.shape)
+    if mode == x.ndim - 1:
+        return (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) @ factor.mT).reshape(x.shape)
+    return torch.matmul(factor, x)  # the middle of three modes: (O, I, K) → A @ x[o] for each o
 
 
 @final

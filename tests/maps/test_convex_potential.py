@@ -330,3 +330,39 @@ def test_meta_gradients_through_the_closed_form_match_autograd() -> None:
     for a, b in zip(closed, reference):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert max(float(b.abs().max()) for b in reference[len(z0) :]) > 1e-3  # weights do move
+
+
+#: Tensors of equal shape share one batched evaluation (T > 1 in `_icnn_gradient`).
+GROUPED = {
+    "a.weight": torch.Size((2, 3)),
+    "a.bias": torch.Size((2,)),
+    "b.weight": torch.Size((2, 3)),
+    "b.bias": torch.Size((2,)),
+    "s": torch.Size(()),
+}
+
+
+@pytest.mark.parametrize("weights", ["softplus", "sigmoid"])
+def test_grouped_closed_form_equals_autograd_and_passes_gradcheck(weights: str) -> None:
+    """The folded closed form (diag(v)W, diag(v)B1 precomputed) for groups of equal shapes:
+    equal to autograd of the potential, and gradcheck/gradgradcheck w.r.t. z and every weight."""
+    g = perturbed(ConvexPotential(GROUPED, hidden=2, weights=weights), scale=1.0, seed=7)  # type: ignore[arg-type]
+    for seed, bound in ((0, 3.0), (1, 60.0)):
+        z = _random(seed, bound, GROUPED)
+        closed, reference = g.to_primal(z), _autograd_to_primal(g, z)
+        for n in GROUPED:
+            torch.testing.assert_close(closed[n], reference[n], rtol=1e-12, atol=1e-12)
+        assert _max_err(closed, z) > 1e-2  # not the identity
+    names = list(GROUPED)
+    weights_ = list(g.parameters())
+    z = [t.requires_grad_() for t in _random(2, 2.0, GROUPED).values()]
+
+    def primal(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        zs, ws = inputs[: len(names)], inputs[len(names) :]
+        params = dict(zip((n for n, _ in g.named_parameters()), ws))
+        out = torch.func.functional_call(g, params, (dict(zip(names, zs)),))
+        return tuple(out[n] for n in names)
+
+    inputs = (*z, *[w.detach().clone().requires_grad_() for w in weights_])
+    assert torch.autograd.gradcheck(primal, inputs)
+    assert torch.autograd.gradgradcheck(primal, inputs)

@@ -1,0 +1,186 @@
+"""Before/after for the maps: one map file from a git revision against the working tree's.
+
+Same meta-iteration, model, data and clock as ``benchmarks/peers.py`` (Conv4, K second-order
+steps, query loss, ``backward()``; CPU time with one thread), in one process and interleaved
+rounds: every round runs the hand-written ``torch.func`` vmap GD floor, and for every map its
+version at ``--before`` and the working tree's, through ``mirroropt.adapt`` + ``map_tasks`` and,
+for maps with ``to_dual``, through the ``higher`` and ``MirrorMAML`` integrations (with their own
+GD, ``higher SGD`` and ``MirrorMAML(Identity)``). Reported per method: the median over rounds of
+its time / the floor's time in the same round (with min–max), and the paired median of
+after / before. Only the map's own file (``mirroropt/maps/_<map>.py``) is taken from
+``--before``; the rest of the library is the working tree's. Both versions get the same weights,
+moved off their identity initialization so that the maps do their full work.
+
+    nice -n 15 env OMP_NUM_THREADS=1 python benchmarks/maps_ab.py --before b172d2e --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import mirroropt as mo
+from mirroropt.models import Conv4
+
+sys.path.insert(0, str(Path(__file__).parent))
+import peers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def old_map_class(name: str, revision: str, folder: Path) -> type[mo.MirrorMap]:
+    """The map class ``MAPS[name]`` as its file was at ``revision`` (imported from a copy)."""
+    cls = mo.maps.MAPS[name]
+    module = sys.modules[cls.__module__].__file__
+    assert module is not None
+    rel = Path(module).resolve().relative_to(ROOT).as_posix()
+    source = subprocess.run(
+        ["git", "show", f"{revision}:{rel}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    path = folder / f"before_{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"before_{name}", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return getattr(loaded, cls.__name__)
+
+
+def build(args: argparse.Namespace, norm: str, folder: Path) -> dict[str, tuple[Any, list]]:
+    torch.manual_seed(0)
+    model = Conv4(
+        args.ways, in_channels=args.channels, width=args.width, norm=norm, image_size=args.size
+    )
+    tasks = peers.make_tasks(args, torch.device("cpu"))
+    lr, k, exact = args.lr, args.steps, norm == "batch"
+    backbone = list(model.parameters())
+    methods: dict[str, tuple[Any, list]] = {
+        "torch.func vmap": (peers.torchfunc(model, tasks, lr, k, batched=True), backbone),
+    }
+    if args.integrations:
+        identity = mo.maps.Identity(model)
+        methods["higher SGD"] = (peers.higher_sgd(model, tasks, lr, k), backbone)
+        methods["via MirrorMAML identity"] = (
+            peers.via_mirrormaml(model, identity, {}, tasks, lr, k),
+            backbone,
+        )
+    gen = torch.Generator().manual_seed(3)
+    for name in args.maps:
+        after = mo.maps.MAPS[name](model)
+        with torch.no_grad():
+            for p in after.parameters():
+                p.add_(args.perturb * torch.randn(p.shape, generator=gen))
+        before = old_map_class(name, args.before, folder)(model)
+        before.load_state_dict(after.state_dict())
+        for tag, g_map in (("before", before), ("after", after)):
+            z0: dict[str, Tensor] = {}
+            if peers.uses_z0(g_map):
+                z0 = {n: nn.Parameter(p.detach().clone()) for n, p in model.named_parameters()}
+            leaves = [*backbone, *g_map.parameters(), *z0.values()]
+            step = peers.functional(model, g_map, z0, tasks, lr, k, use_params=exact)
+            methods[f"{tag} mirroropt {name}"] = (step, leaves)
+            if args.integrations and not z0:
+                methods[f"{tag} via higher {name}"] = (
+                    peers.via_higher(model, g_map, tasks, lr, k),
+                    leaves,
+                )
+                methods[f"{tag} via MirrorMAML {name}"] = (
+                    peers.via_mirrormaml(model, g_map, z0, tasks, lr, k),
+                    leaves,
+                )
+    return methods
+
+
+def run(args: argparse.Namespace, norm: str, folder: Path) -> list[str]:
+    methods = build(args, norm, folder)
+
+    def once(name: str) -> float:
+        step, leaves = methods[name]
+        for p in leaves:
+            p.grad = None
+        start = time.process_time()
+        step()
+        return time.process_time() - start
+
+    for name in methods:
+        once(name)
+    times: dict[str, list[float]] = {n: [] for n in methods}
+    for r in range(args.rounds):
+        for name in methods:
+            times[name].append(once(name))
+        print(f"[{norm}] round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+
+    def ratio(a: str, b: str) -> str:
+        values = [x / y for x, y in zip(times[a], times[b])]
+        return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
+
+    lines = [
+        f"**{norm} norm** (ratios: median [min–max] over {args.rounds} rounds)",
+        "",
+        "| method | before: vs vmap GD | after: vs vmap GD | after / before | before: vs own GD "
+        "| after: vs own GD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in methods:
+        if not name.startswith("after "):
+            continue
+        method = name.removeprefix("after ")
+        before = f"before {method}"
+        own = (
+            "higher SGD"
+            if method.startswith("via higher")
+            else "via MirrorMAML identity"
+            if method.startswith("via MirrorMAML")
+            else None
+        )
+        lines.append(
+            f"| {method} | {ratio(before, 'torch.func vmap')} | {ratio(name, 'torch.func vmap')} "
+            f"| {ratio(name, before)} | {ratio(before, own) if own else '—'} "
+            f"| {ratio(name, own) if own else '—'} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git revision of the 'before' map files")
+    parser.add_argument("--maps", nargs="+", default=["kronecker", "block_iaf", "convex_potential"])
+    parser.add_argument(
+        "--norms", nargs="+", choices=["group", "batch"], default=["group", "batch"]
+    )
+    parser.add_argument("--no-integrations", dest="integrations", action="store_false")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--perturb", type=float, default=0.1, help="std of the weight offset")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--size", type=int, choices=[28, 84], default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    args.device = "cpu"
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for norm in args.norms:
+            print("\n".join(run(args, norm, Path(folder))) + "\n", flush=True)
+    print(
+        f"wall time {time.perf_counter() - start:.0f} s; torch {torch.__version__}; "
+        f"threads {torch.get_num_threads()}; before = {args.before}"
+    )
+
+
+if __name__ == "__main__":
+    main()
