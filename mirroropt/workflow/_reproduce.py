@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import time
 import traceback
@@ -444,8 +445,6 @@ def _run_job(
 
 def _stopped_at(message: str) -> int:
     """The meta-iteration named by :func:`train`'s "Training stopped at meta-iteration N of M"."""
-    import re
-
     found = re.search(r"meta-iteration (\d+) of", message)
     return int(found.group(1)) if found else 0
 
