@@ -377,9 +377,8 @@ def _order(name: str) -> tuple[int, str]:
     return next(i for i, g in enumerate(groups) if name.startswith(g)), name
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The meta-iteration's setting (model, episode, K, α), shared with ``maps_ab.py``."""
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--size", type=int, choices=[28, 84], default=28)
     parser.add_argument("--channels", type=int, default=1)
@@ -389,6 +388,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_setting_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--norms", nargs="+", choices=["batch", "group"], default=["group", "batch"]
