@@ -24,9 +24,92 @@ _MODES: dict[int, tuple[str, ...]] = {
     3: ("out", "in", "kernel"),
 }
 
-#: dtypes whose matrix exponential and eigenvalues are computed in float32 (torch's half-precision
-#: ``matrix_exp`` on CPU returns inf/nan or values off by ~2e4; ``eigvalsh`` has no half kernel).
+#: dtypes whose matrix exponential and eigenvalues are computed in float32 (``eigh``/``eigvalsh``
+#: have no half kernel; torch's half-precision ``matrix_exp`` on CPU returned inf/nan).
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _divided_exp(lam: Tensor) -> Tensor:
+    r"""First divided differences of exp at the eigenvalues, :math:`F_{ij} = (e^{\lambda_i} -
+    e^{\lambda_j})/(\lambda_i - \lambda_j)`, with the limit :math:`e^{\lambda_i}` for (nearly)
+    equal eigenvalues (stable: :math:`e^{\lambda_j}\,\mathrm{expm1}(d)/d`, and the midpoint
+    series :math:`e^{(\lambda_i + \lambda_j)/2}(1 + d^2/24)` for :math:`|d|` below 1e-6 relative)."""
+    li, lj = lam.unsqueeze(-1), lam.unsqueeze(-2)
+    d = li - lj
+    small = d.abs() < 1e-6 * (1 + li.abs().maximum(lj.abs()))
+    safe = torch.where(small, torch.ones_like(d), d)
+    apart = torch.exp(lj) * torch.expm1(safe) / safe
+    near = torch.exp(0.5 * (li + lj)) * (1 + d * d / 24)
+    return torch.where(small, near, apart)
+
+
+def _frechet_exp(x: Tensor, g: Tensor) -> Tensor:
+    """The Fréchet derivative of exp at symmetric ``x`` in direction ``g`` (its own adjoint), as
+    the upper-right block of exp([[x, g], [0, x]]) (Higham, *Functions of Matrices*, 2008,
+    Thm. 3.6): slow, but differentiable in ``x`` and ``g``."""
+    n = x.shape[-1]
+    zero = torch.zeros_like(x)
+    big = torch.cat([torch.cat([x, g], -1), torch.cat([zero, x], -1)], -2)
+    return torch.linalg.matrix_exp(big)[..., :n, n:]
+
+
+class _SymExpPair(torch.autograd.Function):
+    r""":math:`(e^{X}, e^{-X})` of a batch of symmetric matrices from one ``eigh``,
+    :math:`X = Q\Lambda Q^\top`: :math:`e^{\pm X} = Q e^{\pm\Lambda} Q^\top`.
+
+    Backward and forward mode by the Daleckii–Krein formula :math:`L(X, E) = Q\,(F \circ
+    Q^\top E Q)\,Q^\top` with :math:`F` from :func:`_divided_exp` — exact, and well defined
+    for repeated eigenvalues (the identity initialization, where the eigenvectors are not).
+    ``torch.linalg.matrix_exp`` costs a Padé approximant with squaring forward and the
+    exponential of a ``2m × 2m`` block matrix backward; this costs one ``eigh`` and four matrix
+    products. A backward that is itself differentiated (``create_graph=True``, nested
+    ``torch.func.grad``) uses the block form :func:`_frechet_exp`, differentiable in ``X``.
+    The eigen-decomposition is returned (not differentiable) so that it can be saved.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+        lam, q = torch.linalg.eigh(x)
+        qt = q.mT
+        return (
+            (q * torch.exp(lam).unsqueeze(-2)) @ qt,
+            (q * torch.exp(-lam).unsqueeze(-2)) @ qt,
+            lam,
+            q,
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: tuple[Tensor, ...]) -> None:
+        (x,) = inputs
+        _, _, lam, q = output
+        ctx.mark_non_differentiable(lam, q)
+        ctx.save_for_backward(x, lam, q)
+        ctx.save_for_forward(lam, q)
+
+    @staticmethod
+    def backward(ctx: Any, ga: Tensor, ginv: Tensor, _l: Tensor, _q: Tensor) -> Tensor:  # type: ignore[override]
+        x, lam, q = ctx.saved_tensors
+        if torch.is_grad_enabled():  # the backward is differentiated: a differentiable form
+            return _frechet_exp(x, ga) - _frechet_exp(-x, ginv)
+        qt = q.mT
+        inner = _divided_exp(lam) * (qt @ ga @ q) - _divided_exp(-lam) * (qt @ ginv @ q)
+        return q @ inner @ qt
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+        lam, q = ctx.saved_tensors
+        qt = q.mT
+        inner = qt @ dx @ q
+        da = q @ (_divided_exp(lam) * inner) @ qt
+        return da, -(q @ (_divided_exp(-lam) * inner) @ qt), None, None
+
+
+def sym_exp_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(matrix_exp(x), matrix_exp(-x))`` for symmetric ``x`` (batched), see :class:`_SymExpPair`."""
+    a, ainv, _, _ = _SymExpPair.apply(x)
+    return a, ainv
 
 
 def _mode_sizes(shape: torch.Size) -> tuple[int, ...]:
@@ -84,8 +167,8 @@ class Kronecker(MirrorMap):
     :math:`L = \max_{\text{tensors}} \prod_j \lambda_{\max}(A_j)` (from ``eigvalsh`` of the small
     :math:`\operatorname{sym} S_j`). Identity at initialization (:math:`S_j = 0`), so
     meta-training starts as MAML. Cost per ``to_primal``: :math:`O(d \sum_j m_j)` for the mode
-    products plus :math:`O(\sum_j m_j^3)` for the factors' exponentials (one batched
-    ``matrix_exp`` per distinct factor size); no :math:`d \times d` matrix is ever built.
+    products plus :math:`O(\sum_j m_j^3)` for the factors' exponentials (one batched ``eigh``
+    per distinct factor size, :func:`sym_exp_pair`); no :math:`d \times d` matrix is ever built.
 
     Note:
         Meta-Curvature (Park & Oliva, 2019) learns *unconstrained* factors :math:`M_o, M_i, M_f`
@@ -184,7 +267,7 @@ class Kronecker(MirrorMap):
         return self._factor_lists([name], inverse)[name]
 
     def _factor_lists(self, names: list[str], inverse: bool) -> dict[str, list[Tensor]]:
-        """Factors of several tensors; dense ones of equal size share one batched matrix_exp."""
+        """Factors of several tensors; dense ones of equal size share one batched eigh (sym_exp_pair)."""
         sign = -1.0 if inverse else 1.0
         logs = {name: self._logs(name) for name in names}
         dense: dict[int, list[tuple[str, int, Tensor]]] = {}  # size m → (name, mode, S)
@@ -198,11 +281,12 @@ class Kronecker(MirrorMap):
         }
         for group in dense.values():
             stacked = torch.stack([s for _, _, s in group])
-            sym = sign * 0.5 * (stacked + stacked.mT)
-            if sym.dtype in _LOW_PRECISION:  # half-precision matrix_exp is off by ~1e4 on CPU
-                exps = torch.linalg.matrix_exp(sym.float()).to(sym.dtype)
+            sym = 0.5 * (stacked + stacked.mT)
+            if sym.dtype in _LOW_PRECISION:  # no half-precision eigh; exp is off by ~1e4 there
+                pair = sym_exp_pair(sym.float())
+                exps = pair[1 if inverse else 0].to(sym.dtype)
             else:
-                exps = torch.linalg.matrix_exp(sym)
+                exps = sym_exp_pair(sym)[1 if inverse else 0]
             for (name, j, _), a in zip(group, exps.unbind(0)):
                 out[name][j] = a
         return out
