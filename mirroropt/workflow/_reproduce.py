@@ -686,11 +686,12 @@ def _seed_records(runs: _Runs, setting: Setting, method: Method) -> dict[int, di
     value = runs.selected(setting, method)
     if value in ("pending", "failed"):
         return {}
-    out = {}
+    out: dict[int, dict[str, Any]] = {}
     for seed in runs.protocol.seeds:
         job = _Job(setting, method, seed, value)  # type: ignore[arg-type]
-        if runs.done(job):  # at the protocol's budget: a run still growing is not mixed in
-            out[seed] = runs.record(job)
+        rec = runs.record(job)
+        if rec is not None and runs.done(job):  # at the budget: a growing run is not mixed in
+            out[seed] = rec
     return out
 
 
