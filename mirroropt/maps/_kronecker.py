@@ -54,43 +54,42 @@ def _frechet_exp(x: Tensor, g: Tensor) -> Tensor:
 
 
 class _SymExpPair(torch.autograd.Function):
-    r""":math:`(e^{X}, e^{-X})` of a batch of symmetric matrices from one ``eigh``,
-    :math:`X = Q\Lambda Q^\top`: :math:`e^{\pm X} = Q e^{\pm\Lambda} Q^\top`.
+    r""":math:`[e^{X}, e^{-X}]` (stacked on dim -3) of a batch of symmetric matrices from
+    ``eigh``, :math:`X = Q\Lambda Q^\top`: :math:`e^{\pm X} = Q e^{\pm\Lambda} Q^\top`.
 
     Backward and forward mode by the Daleckii–Krein formula :math:`L(X, E) = Q\,(F \circ
     Q^\top E Q)\,Q^\top` with :math:`F` from :func:`_divided_exp` — exact, and well defined
     for repeated eigenvalues (the identity initialization, where the eigenvectors are not).
     ``torch.linalg.matrix_exp`` costs a Padé approximant with squaring forward and the
-    exponential of a ``2m × 2m`` block matrix backward; this costs one ``eigh`` and four matrix
-    products. A backward that is itself differentiated (``create_graph=True``, nested
+    exponential of a ``2m × 2m`` block matrix backward; this costs two ``eigh`` (the forward's,
+    and one in ``setup_context`` to save, which cannot see the forward's intermediates) and four
+    matrix products. A backward that is itself differentiated (``create_graph=True``, nested
     ``torch.func.grad``) uses the block form :func:`_frechet_exp`, differentiable in ``X``.
-    The eigen-decomposition is returned (not differentiable) so that it can be saved.
+    Under ``vmap`` the rule below calls the function on the whole batch of matrices (or, for an
+    unbatched ``X`` such as a map's own parameters, once, outside the batch level), so the
+    autograd graph can be back-propagated inside or outside the ``vmap``; functorch's generated
+    rule cannot be back-propagated outside it.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
         lam, q = torch.linalg.eigh(x)
         qt = q.mT
-        return (
-            (q * torch.exp(lam).unsqueeze(-2)) @ qt,
-            (q * torch.exp(-lam).unsqueeze(-2)) @ qt,
-            lam,
-            q,
-        )
+        a = (q * torch.exp(lam).unsqueeze(-2)) @ qt
+        return torch.stack([a, (q * torch.exp(-lam).unsqueeze(-2)) @ qt], dim=-3)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor], output: tuple[Tensor, ...]) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
         (x,) = inputs
-        _, _, lam, q = output
-        ctx.mark_non_differentiable(lam, q)
+        with torch.no_grad():
+            lam, q = torch.linalg.eigh(x.detach())
         ctx.save_for_backward(x, lam, q)
         ctx.save_for_forward(lam, q)
 
     @staticmethod
-    def backward(ctx: Any, ga: Tensor, ginv: Tensor, _l: Tensor, _q: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
         x, lam, q = ctx.saved_tensors
+        ga, ginv = grad.unbind(-3)
         if torch.is_grad_enabled():  # the backward is differentiated: a differentiable form
             return _frechet_exp(x, ga) - _frechet_exp(-x, ginv)
         qt = q.mT
@@ -98,17 +97,24 @@ class _SymExpPair(torch.autograd.Function):
         return q @ inner @ qt
 
     @staticmethod
-    def jvp(ctx: Any, dx: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+    def vmap(info: Any, in_dims: tuple[int | None], x: Tensor) -> tuple[Tensor, int | None]:  # type: ignore[override]
+        (dim,) = in_dims
+        if dim is None:
+            return _SymExpPair.apply(x), None
+        return _SymExpPair.apply(x.movedim(dim, 0)), 0
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Tensor) -> Tensor:  # type: ignore[override]
         lam, q = ctx.saved_tensors
         qt = q.mT
         inner = qt @ dx @ q
         da = q @ (_divided_exp(lam) * inner) @ qt
-        return da, -(q @ (_divided_exp(-lam) * inner) @ qt), None, None
+        return torch.stack([da, -(q @ (_divided_exp(-lam) * inner) @ qt)], dim=-3)
 
 
 def sym_exp_pair(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(matrix_exp(x), matrix_exp(-x))`` for symmetric ``x`` (batched), see :class:`_SymExpPair`."""
-    a, ainv, _, _ = _SymExpPair.apply(x)
+    a, ainv = _SymExpPair.apply(x).unbind(-3)
     return a, ainv
 
 
