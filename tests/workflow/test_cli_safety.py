@@ -21,8 +21,9 @@ import torch
 import mirroropt
 from mirroropt.__main__ import build_parser, main
 from mirroropt.maps import MAPS
-from mirroropt.workflow import TrainConfig, build_benchmark, load_checkpoint, save_checkpoint, train
+from mirroropt.workflow import TrainConfig, load_checkpoint, save_checkpoint, train
 from mirroropt.workflow._checkpoint import CheckpointError
+from tests.workflow._poison import PoisonedBenchmark
 from tests.workflow.test_cli import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,25 +65,6 @@ def _assert_same_run(a: Path, b: Path) -> None:
 # silent bad results
 
 
-class _PoisonedBenchmark:
-    """The synthetic benchmark, with one NaN pixel in the training batch of iteration ``bad``."""
-
-    def __init__(self, cfg: TrainConfig, bad: int, build: object = build_benchmark) -> None:
-        from mirroropt.workflow._tasks import task_seed
-
-        self.inner = build(cfg)  # type: ignore[operator]
-        self.bad_seed = task_seed(cfg.seed, "train", bad)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def sample(self, split: str, seed: int, tasks: int) -> object:
-        batch = self.inner.sample(split, seed, tasks)
-        if split == "train" and seed == self.bad_seed:
-            batch.x_support[1, 0, 0, 0, 0] = float("nan")
-        return batch
-
-
 @pytest.mark.parametrize("norm", ["group", "batch"])  # the vmap path and the loop path
 def test_nan_stops_training_naming_iteration_and_task_and_keeps_the_last_checkpoint(
     tmp_path: Path, norm: str
@@ -91,7 +73,7 @@ def test_nan_stops_training_naming_iteration_and_task_and_keeps_the_last_checkpo
     # 0 and saved NaN weights (under vmap the inner finite check was skipped).
     cfg = TrainConfig(**{**SYNTH, "norm": norm}, iterations=6, checkpoint_every=1)
     ckpt = tmp_path / "checkpoint.pt"
-    bench = _PoisonedBenchmark(cfg, bad=3)
+    bench = PoisonedBenchmark(cfg, bad=3)
     with pytest.raises(
         mirroropt.NonFiniteError,
         match=r"Training stopped at meta-iteration 4 of 6: Task 1 of 2: The gradient of `loss_fn` at inner step 0.*"
@@ -115,7 +97,7 @@ def test_cli_nan_run_exits_with_one_line_and_writes_no_nan_checkpoint(
     monkeypatch.setattr(  # the CLI builds the benchmark once, in its preflight
         mirroropt.workflow,
         "build_benchmark",
-        lambda cfg, device=None: _PoisonedBenchmark(cfg, bad=2, build=real),
+        lambda cfg, device=None: PoisonedBenchmark(cfg, bad=2, build=real),
     )
     argv = [
         *_train_argv(tmp_path / "r", "--checkpoint-every", "1", iterations=6),

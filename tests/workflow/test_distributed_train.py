@@ -25,12 +25,11 @@ from mirroropt.__main__ import main
 from mirroropt.workflow import (
     TrainConfig,
     TrainingInterrupted,
-    build_benchmark,
     load_checkpoint,
-    task_seed,
     train,
 )
 from mirroropt.workflow._ranks import Ranks
+from tests.workflow._poison import PoisonedBenchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = dict(
@@ -51,24 +50,6 @@ ITERATIONS = 3
 def config(name: str, world_size: int, iterations: int = ITERATIONS, **more: Any) -> TrainConfig:
     fields = {**BASE, **RUNS[name], "val_every": 2, "val_tasks": 2, **more}
     return TrainConfig(**fields, iterations=iterations, world_size=world_size)
-
-
-class _PoisonedBenchmark:
-    """The synthetic benchmark with a NaN in task 2 of meta-iteration 2's batch (rank 1's block
-    of 3 tasks over 2 ranks is tasks 1 and 2)."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.inner = build_benchmark(cfg)
-        self.bad_seed = task_seed(cfg.seed, "train", 1)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def sample(self, split: str, seed: int, tasks: int) -> object:
-        batch = self.inner.sample(split, seed, tasks)
-        if split == "train" and seed == self.bad_seed:
-            batch.x_support[2, 0, 0, 0, 0] = float("nan")
-        return batch
 
 
 class _StopOnRankOne(threading.Event):
@@ -100,7 +81,11 @@ def runs(rank: int, world_size: int, folder: str) -> dict[str, Any]:
     train(config("adam-group", world_size, iterations=2, checkpoint_every=1), checkpoint=own)
     cfg = config("sgd-batch", world_size, iterations=3, checkpoint_every=1, val_every=0)
     try:
-        train(cfg, checkpoint=root / "nan" / "checkpoint.pt", benchmark=_PoisonedBenchmark(cfg))  # type: ignore[arg-type]
+        train(
+            cfg,
+            checkpoint=root / "nan" / "checkpoint.pt",
+            benchmark=PoisonedBenchmark(cfg, bad=1, task=2),  # type: ignore[arg-type]
+        )  # a NaN in task 2: rank 1's block of 3 tasks over 2 ranks is tasks 1 and 2
     except mirroropt.NonFiniteError as error:
         out["nan"] = str(error)
     try:
