@@ -355,6 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="meta-iterations per FontGlot run (may grow on a folder)",
     )
     p.add_argument("--sinusoid-iterations", type=_positive_int, default=d.sinusoid_iterations)
+    setting_keys = [s.key for s in SETTINGS]
+
+    def budget(text: str) -> tuple[str, int]:
+        key, sep, n = text.partition("=")
+        if not sep or key not in setting_keys:
+            raise argparse.ArgumentTypeError(
+                f"expected SETTING=N with SETTING one of {setting_keys}, got {text!r}"
+            )
+        return key, _positive_int(n)
+
+    p.add_argument(
+        "--budget",
+        type=budget,
+        action="append",
+        default=[],
+        metavar="SETTING=N",
+        help="meta-iterations per run of one setting, instead of --iterations or "
+        "--sinusoid-iterations (repeatable; a setting this invocation does not run keeps the "
+        "folder's budget)",
+    )
     p.add_argument("--seeds", type=_nonneg_int, nargs="+", default=list(d.seeds))
     p.add_argument(
         "--grid",
@@ -774,6 +794,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     protocol = Protocol(
         iterations=args.iterations,
         sinusoid_iterations=args.sinusoid_iterations,
+        budgets=tuple(args.budget),
         seeds=tuple(args.seeds),
         grid=tuple(args.grid),
         val_every=args.val_every,

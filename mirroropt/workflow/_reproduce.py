@@ -169,8 +169,16 @@ SETTINGS: tuple[Setting, ...] = (
 class Protocol:
     """The budget and the fixed hyperparameters of every run (recorded in ``protocol.json``).
 
-    Only ``iterations``/``sinusoid_iterations`` and ``grid`` (new values added) may grow between
-    invocations on one folder: every run continues, and the selection takes the new values in.
+    Only the budgets (``iterations``, ``sinusoid_iterations``, ``budgets``) and ``grid`` (new
+    values added) may grow between invocations on one folder: every run continues, and the
+    selection takes the new values in.
+
+    Attributes:
+        iterations: meta-iterations per FontGlot run.
+        sinusoid_iterations: meta-iterations per sinusoid run.
+        budgets: per-setting overrides of those two, ``((setting key, meta-iterations), ...)``,
+            e.g. ``(("fontglot-aug-20w1s", 300),)`` to run the dearer setting at a smaller budget
+            (see :meth:`budget`).
     """
 
     iterations: int = 500
@@ -189,8 +197,19 @@ class Protocol:
     meta_lr: float = 1e-3
     checkpoint_every: int = 50
     fontglot: str = ""
+    budgets: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        keys = [s.key for s in SETTINGS]
+        pairs = tuple((str(k), n) for k, n in self.budgets)  # protocol.json stores lists
+        for key, n in pairs:
+            if key not in keys:
+                raise ValueError(f"`budgets` names setting {key!r}; choose from {keys}.")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"`budgets` of {key!r} must be a positive integer, got {n!r}.")
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError(f"`budgets` names a setting twice: {pairs!r}.")
+        object.__setattr__(self, "budgets", tuple(sorted(pairs)))  # one order in protocol.json
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be at least 2 distinct seeds, got {self.seeds!r}.")
         if not self.grid or any(not (0 < v < math.inf) for v in self.grid):
@@ -206,8 +225,35 @@ class Protocol:
         """The seed whose runs choose each method's map meta step size."""
         return self.seeds[0]
 
+    def budget(self, setting: Setting | str) -> int:
+        """Meta-iterations per run of ``setting`` (its ``budgets`` entry, else the default)."""
+        key = setting if isinstance(setting, str) else setting.key
+        return dict(self.budgets).get(key, self._default_budget(key))
+
+    def _default_budget(self, key: str) -> int:
+        benchmark = next(s for s in SETTINGS if s.key == key).config["benchmark"]
+        return self.sinusoid_iterations if benchmark == "sinusoid" else self.iterations
+
+    def budget_source(self, key: str) -> str:
+        """The field ``budget(key)`` comes from (for error messages)."""
+        if key in dict(self.budgets):
+            return f"budgets[{key}]"
+        benchmark = next(s for s in SETTINGS if s.key == key).config["benchmark"]
+        return "sinusoid_iterations" if benchmark == "sinusoid" else "iterations"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Protocol:
+        """The protocol of a ``protocol.json`` (lists back to tuples; fields a folder written
+        before they existed lacks take their defaults)."""
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        if "budgets" in fields:
+            fields["budgets"] = tuple(tuple(pair) for pair in fields["budgets"])
+        return cls(**fields)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -227,11 +273,6 @@ class _Job:
         return f"{self.setting.key}/{self.method.key}/seed{self.seed}{tail}"
 
 
-def _iterations(protocol: Protocol, setting: Setting) -> int:
-    is_sin = setting.config["benchmark"] == "sinusoid"
-    return protocol.sinusoid_iterations if is_sin else protocol.iterations
-
-
 def _config(protocol: Protocol, job: _Job, init_from: str) -> TrainConfig:
     setting, method = job.setting, job.method
     extra = {"fontglot": protocol.fontglot} if setting.config["benchmark"] == "fontglot" else {}
@@ -249,7 +290,7 @@ def _config(protocol: Protocol, job: _Job, init_from: str) -> TrainConfig:
             "lr": protocol.lr,
             "meta_lr": protocol.meta_lr,
             "map_meta_lr": job.map_meta_lr,
-            "iterations": _iterations(protocol, setting),
+            "iterations": protocol.budget(setting),
             "seed": job.seed,
             "val_every": protocol.val_every,
             "val_tasks": protocol.val_tasks,
@@ -281,7 +322,7 @@ class _Runs:
             and rec.get("status") == "ok"
             and (
                 bool(rec.get("diverged"))
-                or rec["config"]["iterations"] >= _iterations(self.protocol, job.setting)
+                or rec["config"]["iterations"] >= self.protocol.budget(job.setting)
             )
         )
 
@@ -584,6 +625,7 @@ def reproduce(
             )
     needed = {m.init_from for m in chosen_methods if m.init_from}
     chosen_methods += [m for m in METHODS if m.key in needed and m not in chosen_methods]
+    protocol = _keep_budgets(out, protocol, chosen_settings)
     _check_protocol(out, protocol)
     if workers < 1:
         raise ValueError(f"`workers` must be ≥ 1, got {workers}.")
@@ -647,12 +689,26 @@ def _select(items: Sequence[Setting], keys: Sequence[str] | None, what: str) -> 
     return [by_key[k] for k in dict.fromkeys(keys)]  # the caller's order is the run order
 
 
+def _keep_budgets(out: Path, protocol: Protocol, chosen: Sequence[Setting]) -> Protocol:
+    """``protocol`` with the folder's budget for every setting this invocation does not run (so
+    continuing one setting never changes another's), overrides equal to the default dropped."""
+    path = out / "protocol.json"
+    saved = Protocol.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    keys = {s.key for s in chosen}
+    budgets = {
+        s.key: (protocol.budget(s) if saved is None or s.key in keys else saved.budget(s))
+        for s in SETTINGS
+    }
+    overrides = tuple((k, n) for k, n in budgets.items() if n != protocol._default_budget(k))
+    return replace(protocol, budgets=overrides)
+
+
 def _check_protocol(out: Path, protocol: Protocol) -> None:
     path = out / "protocol.json"
     mine = json.loads(json.dumps(protocol.to_dict()))
     if path.is_file():
         saved = json.loads(path.read_text())
-        growing = ("iterations", "sinusoid_iterations", "grid")
+        growing = ("iterations", "sinusoid_iterations", "budgets", "grid")
         fixed = {k: v for k, v in saved.items() if k not in growing}
         new = {k: v for k, v in mine.items() if k not in growing}
         if fixed != new:
@@ -667,11 +723,13 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
                 f"`grid` {mine['grid']} drops {dropped} already tuned in {str(out)!r}; the grid "
                 f"only grows (the runs of every value stay part of the selection)."
             )
-        for key in ("iterations", "sinusoid_iterations"):
-            if mine[key] < saved[key]:
+        before = Protocol.from_dict(saved)
+        for setting in SETTINGS:  # a setting with runs in the folder: its budget only grows
+            n, ran = protocol.budget(setting), before.budget(setting)
+            if n < ran and (out / setting.key).is_dir():
                 raise ValueError(
-                    f"`{key}` {mine[key]} is below the {saved[key]} already run in "
-                    f"{str(out)!r}; budgets only grow."
+                    f"`{protocol.budget_source(setting.key)}` {n} is below the {ran} already "
+                    f"run for {setting.key} in {str(out)!r}; budgets only grow."
                 )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(mine, indent=1))
@@ -714,10 +772,11 @@ def results_report(
 ) -> Path:
     """Tables, claims, ``results.json`` and plots from everything recorded under ``out_dir``."""
     out = Path(out_dir)
-    protocol = Protocol(**_tuples(json.loads((out / "protocol.json").read_text())))
+    protocol = Protocol.from_dict(json.loads((out / "protocol.json").read_text()))
     runs = _Runs(out, protocol)
     summary: dict[str, Any] = {"protocol": protocol.to_dict(), "settings": {}}
     parts: list[str] = []
+    shown: list[Setting] = []
     plots: list[Path] = []
     for setting in SETTINGS:
         per_method = {m.key: _seed_records(runs, setting, m) for m in METHODS}
@@ -733,12 +792,13 @@ def results_report(
             continue
         section, info = _setting_report(runs, setting, per_method, tuning)
         parts.append(section)
+        shown.append(setting)
         summary["settings"][setting.key] = info
         png = _plot_setting(setting, per_method, out / "img" / f"{setting.key}.png")
         if png is not None:
             plots.append(png)
     claims = _claims(summary)
-    header = _header(out, protocol, command)
+    header = _header(out, protocol, command, shown)
     text = header + _claims_table(claims) + "\n".join(parts)
     summary["claims"] = claims
     (out / "results.json").write_text(json.dumps(summary, indent=1))
@@ -763,11 +823,8 @@ def _tuning_cell(rec: dict[str, Any]) -> dict[str, Any]:
     return {"best_value": rec.get("best_value"), "diverged_at": diverged.get("iteration")}
 
 
-def _tuples(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-
-
-def _header(out: Path, protocol: Protocol, command: str) -> str:
+def _header(out: Path, protocol: Protocol, command: str, shown: Sequence[Setting]) -> str:
+    budgets = ", ".join(f"{protocol.budget(s)} ({s.title})" for s in shown) or "none run yet"
     log = out / "invocations.json"
     calls = json.loads(log.read_text()) if log.is_file() else []
     wall = sum(c["seconds"] for c in calls)
@@ -787,8 +844,7 @@ def _header(out: Path, protocol: Protocol, command: str) -> str:
         "",
         f"Protocol: seeds {list(protocol.seeds)} (map meta step sizes tuned on seed "
         f"{protocol.tune_seed} over {list(protocol.grid)}, chosen by meta-validation); "
-        f"{protocol.iterations} meta-iterations per FontGlot run, {protocol.sinusoid_iterations} per "
-        f"sinusoid run; meta-batch {protocol.meta_batch}, K = {protocol.steps}, "
+        f"meta-iterations per run: {budgets}; meta-batch {protocol.meta_batch}, K = {protocol.steps}, "
         f"α = {protocol.lr}, Adam β = {protocol.meta_lr}; Conv4-{protocol.width} "
         f"({protocol.norm} norm); meta-validation every {protocol.val_every} iterations on "
         f"{protocol.val_tasks} tasks (best checkpoint kept); meta-test on {protocol.eval_tasks} "
@@ -833,8 +889,9 @@ def _setting_report(
     shots_list = [str(s) for s in setting.eval_shots] or [str(setting.config["k_shot"])]
     ks = (0, 1, 2, 3, 5, 10) if accuracy else (0, 1, 5, 10)
     maml = per_method.get("maml", {})
-    lines = [f"## {setting.title}", ""]
-    info: dict[str, Any] = {"methods": {}}
+    budget = runs.protocol.budget(setting)
+    lines = [f"## {setting.title}", "", f"{budget} meta-iterations per run.", ""]
+    info: dict[str, Any] = {"budget": budget, "methods": {}}
     for shots in shots_list:
         if len(shots_list) > 1:
             lines += [f"### {shots}-shot evaluation", ""]

@@ -44,6 +44,11 @@ TINY = [
         (["train", "--out", "x", "--meta-batch", "two"], r"expected a positive integer, got 'two'"),
         (["train", "--out", "x", "--meta-optimizer", "rmsprop"], r"invalid choice: 'rmsprop'"),
         (["train", "--out", "x", "--objective", "maml"], r"invalid choice: 'maml'"),
+        (
+            ["reproduce", "--budget", "omniglot=300"],
+            r"expected SETTING=N with SETTING one of \['fontglot-5w1s', .*got 'omniglot=300'",
+        ),
+        (["reproduce", "--budget", "sinusoid=0"], r"expected a positive integer, got 0"),
         (["train"], r"the following arguments are required: --out"),
         (["eval"], r"the following arguments are required: --checkpoint"),
         ([], r"the following arguments are required: \{train,eval,demo,reproduce\}"),

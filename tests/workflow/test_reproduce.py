@@ -130,6 +130,51 @@ def test_budget_grows_by_resuming_and_the_protocol_is_fixed(tmp_path: Path) -> N
         reproduce(tmp_path, protocol, settings=["sinusoid"], methods=["maml"], progress=False)
 
 
+def test_a_settings_own_budget_is_used_and_kept_by_invocations_on_other_settings(
+    tmp_path: Path,
+) -> None:
+    from mirroropt.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        ["reproduce", "--budget", "fontglot-aug-20w1s=300", "--budget", "sinusoid=7"]
+    )
+    assert args.budget == [("fontglot-aug-20w1s", 300), ("sinusoid", 7)]
+    base = {**TINY, "seeds": (0, 1), "grid": (1e-3,), "iterations": 1, "sinusoid_iterations": 3}
+    own = Protocol(**{**base, "budgets": (("sinusoid", 2),)})  # type: ignore[arg-type]
+    assert (own.budget("sinusoid"), own.budget("fontglot-5w1s")) == (2, 1)
+    reproduce(tmp_path, own, settings=["sinusoid"], methods=["maml"], progress=False)
+    assert _rec(tmp_path, "maml/seed0")["config"]["iterations"] == 2
+    stamp = (tmp_path / "sinusoid/maml/seed0/record.json").stat().st_mtime_ns
+    # another setting's invocation, without the override: sinusoid keeps 2, is not retrained
+    plain = Protocol(**base)  # type: ignore[arg-type]
+    table = reproduce(
+        tmp_path, plain, settings=["fontglot-5w1s"], methods=["maml"], progress=False
+    ).read_text()
+    assert json.loads((tmp_path / "protocol.json").read_text())["budgets"] == [["sinusoid", 2]]
+    assert (tmp_path / "sinusoid/maml/seed0/record.json").stat().st_mtime_ns == stamp
+    assert "meta-iterations per run: 1 (FontGlot 5-way 1-shot), 2 (Sinusoid (MSE))" in table
+    assert "## Sinusoid (MSE)\n\n2 meta-iterations per run." in table
+    assert "| MAML (Identity) | 2 |" in table.split("## Sinusoid")[1]  # still done at its budget
+    # a setting with runs never shrinks; one without runs may start below the default
+    with pytest.raises(ValueError, match=r"`budgets\[sinusoid\]` 1 is below the 2 already run"):
+        reproduce(
+            tmp_path,
+            Protocol(**{**base, "budgets": (("sinusoid", 1),)}),  # type: ignore[arg-type]
+            settings=["sinusoid"],
+            methods=["maml"],
+            progress=False,
+        )
+    small = Protocol(**{**base, "iterations": 2, "budgets": (("fontglot-aug-20w1s", 1),)})  # type: ignore[arg-type]
+    reproduce(tmp_path, small, settings=["fontglot-aug-20w1s"], methods=[], progress=False)
+    saved = json.loads((tmp_path / "protocol.json").read_text())
+    # fontglot-5w1s was not run by this invocation: it keeps its 1 against the new default 2
+    assert saved["budgets"] == [["fontglot-5w1s", 1], ["fontglot-aug-20w1s", 1], ["sinusoid", 2]]
+    with pytest.raises(ValueError, match=r"`budgets` names setting 'omniglot'"):
+        Protocol(budgets=(("omniglot", 3),))
+    with pytest.raises(ValueError, match=r"`budgets` names a setting twice"):
+        Protocol(budgets=(("sinusoid", 3), ("sinusoid", 4)))
+
+
 def test_stale_lock_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:
     protocol = Protocol(**{**TINY, "seeds": (0, 1), "grid": (1e-3,)})  # type: ignore[arg-type]
     lock = tmp_path / "sinusoid" / "maml" / "seed0" / "lock"
