@@ -70,6 +70,12 @@ def init(mirror_map: MirrorMap, phi: Mapping[str, Tensor]) -> Params:
         >>> init(Identity({"w": torch.zeros(1)}), {"w": torch.ones(1)})
         {'w': tensor([1.])}
     """
+    _check_primal_start(mirror_map, phi)
+    return mirror_map.to_dual(phi)
+
+
+def _check_primal_start(mirror_map: MirrorMap, phi: Mapping[str, Tensor]) -> None:
+    """What :func:`init` refuses: not a map, ``phi`` that does not fit, a map without to_dual."""
     _check_map(mirror_map)
     mirror_map.check_fits(phi, argument="phi")
     if not mirror_map.has_to_dual:
@@ -77,7 +83,21 @@ def init(mirror_map: MirrorMap, phi: Mapping[str, Tensor]) -> Params:
             f"`mirror_map` ({type(mirror_map).__name__}) has no closed-form to_dual, so it cannot "
             f"start from primal parameters `phi`; pass a dual initialization `z` instead."
         )
-    return mirror_map.to_dual(phi)
+
+
+def _steps_in_primal(mirror_map: MirrorMap, lr: LR) -> bool:
+    r"""Whether a loop started at :math:`\phi_0` may step in the primal, skipping :math:`z`.
+
+    For a linear map :math:`g(z) = Pz` and a scalar step size per tensor (a number or a 0-d
+    tensor), :math:`g(z_k - \alpha\nabla L) = \phi_k - \alpha\, g(\nabla L)`: the same iterates
+    without :math:`z_0 = \nabla h(\phi_0)` (one ``to_dual`` per task, with its backward: for
+    :class:`~mirroropt.maps.Kronecker` the inverse factors' exponentials). A per-coordinate
+    step size does not commute with :math:`P`, so it keeps the dual loop.
+    """
+    if not mirror_map.is_linear:
+        return False
+    values = lr.values() if isinstance(lr, Mapping) else (lr,)
+    return all(not isinstance(a, Tensor) or a.dim() == 0 for a in values)
 
 
 def to_primal(mirror_map: MirrorMap, z: Mapping[str, Tensor]) -> Params:
@@ -249,9 +269,15 @@ def _run(
             "Give exactly one of `phi` (primal initialization, z0 = to_dual(phi)) and `z` (dual "
             f"initialization); got {'both' if phi is not None else 'neither'}."
         )
+    _check_map(mirror_map)
+    _check_lr(lr, mirror_map.shapes)
+    # a linear map from φ₀ (not recorded): φ_{k+1} = φ_k − α g(∇L), no z (_steps_in_primal)
+    primal = phi is not None and not record and _steps_in_primal(mirror_map, lr)
     g = mirror_map.prepared()  # hoists z-independent work (scales, factors) out of the K steps
+    z_k: Params | None
     if phi is not None:
-        z_k = init(mirror_map, phi)
+        _check_primal_start(mirror_map, phi)
+        z_k = None if primal else mirror_map.to_dual(phi)
         phi_k = _alias(phi, steps)  # g(∇h(φ)) = φ exactly: skip the round trip (and its rounding)
     else:
         assert z is not None
@@ -259,9 +285,8 @@ def _run(
         z_k = _alias(z, steps)
         phi_k = g(z_k)
     names = mirror_map.names
-    _check_lr(lr, mirror_map.shapes)
     grad_and_value = torch.func.grad_and_value(loss_fn)
-    out = Trajectory([phi_k], [z_k], [], [])
+    out = Trajectory([phi_k], [] if z_k is None else [z_k], [], [])
     finite: list[Tensor] = []  # per-step flags, read once after the loop (one host-device sync)
     for _ in range(steps):
         grads, loss = grad_and_value(phi_k)
@@ -271,17 +296,21 @@ def _run(
             flags = _finite_flags([grads[n] for n in names])
             if flags is not None:
                 finite.append(flags)
-        z_k = _step(names, z_k, grads, lr)
-        phi_k = g(z_k)
+        if z_k is None:
+            phi_k = _step(names, phi_k, g(grads), lr)
+        else:
+            z_k = _step(names, z_k, grads, lr)
+            phi_k = g(z_k)
         if record:
+            assert z_k is not None
             out.phi.append(phi_k)
             out.z.append(z_k)
             out.losses.append(loss)
             out.grads.append(grads)
     if finite:
         _raise_unless_finite(finite, names)
-    if not record:
-        return Trajectory([phi_k], [z_k], [], [])
+    if not record:  # only φ_K is read (adapt); a primal loop has no z_K
+        return Trajectory([phi_k], [] if z_k is None else [z_k], [], [])
     return out
 
 

@@ -410,3 +410,75 @@ def test_tensor_lr_must_be_scalar_or_exactly_the_tensors_shape() -> None:
     assert new["b"].shape == (4,)
     assert torch.equal(new["w"], 1.0 - per_coordinate["w"] * 2.0)  # Meta-SGD's z - α ⊙ g
     assert torch.equal(new["b"], torch.zeros(4, dtype=torch.float64))
+
+
+# -- linear maps step in the primal -----------------------------------------------------------------
+
+
+def _counting_to_dual(monkeypatch: pytest.MonkeyPatch, g_map: mo.maps.MirrorMap) -> list[int]:
+    calls = [0]
+    original = g_map.to_dual
+
+    def to_dual(phi):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(phi)
+
+    monkeypatch.setattr(g_map, "to_dual", to_dual)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["identity", "diagonal", "kronecker"])
+@pytest.mark.parametrize("scalar_lr", [0.05, "tensor"])
+def test_a_linear_map_from_phi0_steps_in_the_primal_with_the_dual_loops_iterates_and_grads(
+    name: str, scalar_lr: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """φ_{k+1} = φ_k − α g(∇L) (no z₀ = ∇h(φ₀)) equals the dual loop g(z_k − α∇L): value and
+    meta-gradient (map, φ₀, a learned α) to 1e-12 in float64; a per-coordinate α (which does
+    not commute with P) keeps the dual loop."""
+    model = mlp()
+    xs, ys, xq, yq = regression_tasks(1, 10)
+    g_map = perturbed(mo.maps.MAPS[name](model))
+    phi0 = _params(model)
+    lr = (
+        torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        if scalar_lr == "tensor"
+        else 0.05
+    )
+    loss, query = _mse(model, xs[0], ys[0]), _mse(model, xq[0], yq[0])
+    leaves = [*phi0.values(), *g_map.parameters(), *([lr] if isinstance(lr, Tensor) else [])]
+    dual = mo.adapt_trajectory(g_map, loss, phi0, lr=lr, steps=3).phi[-1]  # records z: dual loop
+    expected = torch.autograd.grad(query(dual), leaves, allow_unused=True, materialize_grads=True)
+    calls = _counting_to_dual(monkeypatch, g_map)
+    primal = mo.adapt(g_map, loss, phi0, lr=lr, steps=3)
+    assert calls[0] == 0  # no to_dual: the primal loop ran
+    got = torch.autograd.grad(query(primal), leaves, allow_unused=True, materialize_grads=True)
+    for n in phi0:
+        torch.testing.assert_close(primal[n], dual[n], rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    per_coord = {n: torch.full_like(p, 0.05) for n, p in phi0.items()}
+    mo.adapt(g_map, loss, phi0, lr=per_coord, steps=1)
+    assert calls[0] == 1  # a per-coordinate step size: the dual loop, from z₀ = ∇h(φ₀)
+
+
+@pytest.mark.parametrize("name", ["diagonal", "kronecker"])
+def test_the_learner_of_a_linear_map_steps_in_the_primal_and_reads_z_as_grad_h(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mirroropt.integrations import MirrorMAML
+
+    model = mlp().double()
+    xs, ys, _, _ = regression_tasks(1, 10)
+    g_map = perturbed(mo.maps.MAPS[name](model))
+    loss = _mse(model, xs[0], ys[0])
+    traj = mo.adapt_trajectory(g_map, loss, dict(model.named_parameters()), lr=0.05, steps=3)
+    calls = _counting_to_dual(monkeypatch, g_map)
+    learner = MirrorMAML(model, g_map, 0.05).clone()
+    for _ in range(3):
+        learner.adapt(tnf.mse_loss(learner(xs[0]), ys[0]))
+    assert calls[0] == 0
+    z = learner.z
+    assert calls[0] == 1  # read through ∇h(φ_k)
+    for n in traj.phi[-1]:
+        torch.testing.assert_close(learner.phi[n], traj.phi[-1][n], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(z[n], traj.z[-1][n], rtol=1e-10, atol=1e-12)

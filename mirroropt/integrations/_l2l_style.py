@@ -114,9 +114,13 @@ class MirrorMAML(nn.Module):
             ValueError: if ``z`` does not fit the map.
         """
         phi: Params
+        z0: Params | None
         if z is None:
             phi = dict(self.module.named_parameters())
-            z0 = F.init(self.mirror_map, phi)
+            F._check_primal_start(self.mirror_map, phi)
+            # a linear map steps in the primal and never needs z₀ = ∇h(φ₀) (F._steps_in_primal)
+            primal = F._steps_in_primal(self.mirror_map, self.lr)
+            z0 = None if primal else self.mirror_map.to_dual(phi)
         else:
             z0 = dict(z)
             self.mirror_map.check_fits(z0, argument="z")
@@ -144,7 +148,10 @@ class MirrorLearner:
 
     Attributes:
         phi: the current primal parameters :math:`\phi_k` (dict name → tensor).
-        z: the current dual variable :math:`z_k`.
+        z: the current dual variable :math:`z_k` (read-only). A linear map started at
+            :math:`\phi_0` steps in the primal, :math:`\phi_{k+1} = \phi_k - \alpha\,
+            g(\nabla L)` (the same iterates, without a ``to_dual`` per task), and computes
+            :math:`z_k = \nabla h(\phi_k)` when it is read.
     """
 
     def __init__(
@@ -154,7 +161,7 @@ class MirrorLearner:
         lr: float | Tensor,
         *,
         phi: Params,
-        z: Params,
+        z: Params | None,
         first_order: bool,
         check_finite: bool = True,
     ) -> None:
@@ -164,10 +171,15 @@ class MirrorLearner:
         self.first_order = first_order
         self.check_finite = check_finite
         self.phi = phi
-        self.z = z
+        self._z = z  # None: a primal loop (linear map from φ₀), z read through ∇h(φ_k)
         # mirror_map.prepared() (z-independent work: factor exponentials, scales), computed once
         # per learner and reused by every adapt step while the map's parameters are unchanged
         self._prepared: _Prepared | None = None
+
+    @property
+    def z(self) -> Params:
+        r"""The dual variable :math:`z_k` (for a primal loop, :math:`\nabla h(\phi_k)` now)."""
+        return self.mirror_map.to_dual(self.phi) if self._z is None else self._z
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return torch.func.functional_call(self.module, self.phi, args, kwargs)
@@ -205,9 +217,14 @@ class MirrorLearner:
         }
         if self.check_finite:
             F._check_finite(grads, "The gradient of `loss`")
-        self.z = F.step(self.mirror_map, self.z, grads, as_tensor_lr(self.lr, self.phi))
+        lr = as_tensor_lr(self.lr, self.phi)
         self._prepared = _cached_primal(self.mirror_map, self._prepared)
-        self.phi = self._prepared[0](self.z)
+        g = self._prepared[0]
+        if self._z is None:  # g(z_k − α∇L) = φ_k − α g(∇L) for a linear map
+            self.phi = F._step(self.mirror_map.names, self.phi, g(grads), lr)
+        else:
+            self._z = F.step(self.mirror_map, self._z, grads, lr)
+            self.phi = g(self._z)
 
 
 #: ``(mirror_map.prepared(), key)``: key = grad mode and the map parameters' version counters.

@@ -143,7 +143,7 @@ def test_adapting_never_touches_the_model() -> None:
         "first_order",
         "check_finite",
         "phi",
-        "z",
+        "_z",  # z_k, or None for a linear map's primal loop (then `learner.z` is ∇h(φ_k))
         "_prepared",  # a memo of mirror_map.prepared(), keyed on the map's parameter versions
     }
 
