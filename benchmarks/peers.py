@@ -15,8 +15,9 @@ Methods:
 * ``higher SGD``: ``higher.innerloop_ctx`` with ``torch.optim.SGD``, one backward per task;
 * ``TorchOpt MetaSGD``: ``torchopt.MetaSGD`` with ``extract/recover_state_dict``, one backward
   per task (TorchOpt's MAML example);
-* ``mirroropt <map>``: ``mirroropt.adapt`` + ``mirroropt.map_tasks`` (with BatchNorm:
-  ``params=[model, map]``, the exact vmapped path; ``identity loop``: without ``params``);
+* ``mirroropt <map>``: ``mirroropt.adapt`` + ``mirroropt.map_tasks`` (with BatchNorm: its exact
+  ``vmap``, the affine part split out; ``identity loop``: ``strategy="loop"``; ``identity
+  params``: ``params=[model, map, z0]``, the per-task meta-gradients inside ``vmap``);
 * ``via higher <map>``: ``higher.innerloop_ctx(model, mirroropt.integrations.higher.MirrorDescent)``;
 * ``via MirrorMAML <map>``: ``MirrorMAML(model, map).clone()`` + ``learner.adapt`` per task.
 
@@ -137,7 +138,8 @@ def functional(
     lr: float,
     steps: int,
     *,
-    use_params: bool,
+    use_params: bool = False,
+    strategy: str = "auto",
     chunk_size: int | None = None,
     first_order: bool = False,
 ) -> Step:
@@ -154,7 +156,12 @@ def functional(
 
     def step() -> None:
         losses = mo.map_tasks(
-            inner, *tasks, model=model, params=meta or None, chunk_size=chunk_size
+            inner,
+            *tasks,
+            model=model,
+            strategy=strategy,  # type: ignore[arg-type]
+            params=meta or None,
+            chunk_size=chunk_size,
         )
         losses.mean().backward()
 
@@ -224,7 +231,7 @@ def build(
         "higher SGD": (higher_sgd(model, tasks, lr, k), backbone),
         "TorchOpt MetaSGD": (torchopt_metasgd(model, tasks, lr, k), backbone),
     }
-    exact = norm == "batch"  # the vmapped per-task meta-gradients (map_tasks(params=...))
+    batch = norm == "batch"
     for name in args.maps:
         g_map = mo.maps.MAPS[name](model).to(device)
         z0: dict[str, Tensor] = {}
@@ -232,12 +239,16 @@ def build(
             z0 = {n: nn.Parameter(p.detach().clone()) for n, p in model.named_parameters()}
         leaves = [*backbone, *g_map.parameters(), *z0.values()]
         methods[f"mirroropt {name}"] = (
-            functional(model, g_map, z0, tasks, lr, k, use_params=exact, chunk_size=None),
+            functional(model, g_map, z0, tasks, lr, k),
             leaves,
         )
-        if name == "identity" and exact:
+        if name == "identity" and batch:
             methods["mirroropt identity loop"] = (
-                functional(model, g_map, z0, tasks, lr, k, use_params=False),
+                functional(model, g_map, z0, tasks, lr, k, strategy="loop"),
+                leaves,
+            )
+            methods["mirroropt identity params"] = (
+                functional(model, g_map, z0, tasks, lr, k, use_params=True),
                 leaves,
             )
         if name in args.integration_maps:
@@ -249,9 +260,7 @@ def build(
             )
         if name == "diagonal":
             methods["mirroropt diagonal FO chunk 1"] = (
-                functional(
-                    model, g_map, z0, tasks, lr, k, use_params=exact, chunk_size=1, first_order=True
-                ),
+                functional(model, g_map, z0, tasks, lr, k, chunk_size=1, first_order=True),
                 leaves,
             )
     return methods

@@ -85,7 +85,7 @@ def main(
         return batch.x_support, batch.y_support, batch.x_query, batch.y_query
 
     before = evaluate()
-    for _ in range(steps):  # map_tasks loops over tasks here: the model uses batch statistics
+    for _ in range(steps):  # BatchNorm with batch statistics: map_tasks vmaps it exactly
         losses = mirroropt.map_tasks(query_loss, *episode(sampler.sample()), model=net)
         meta_opt.zero_grad()
         losses.mean().backward()

@@ -6,9 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as tnf
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+from torch.utils._pytree import tree_map
 
 from mirroropt._task_grads import collect_params, vmapped_meta_gradients
 from mirroropt._utils import NonFiniteError, is_transformed
@@ -16,14 +19,103 @@ from mirroropt._utils import NonFiniteError, is_transformed
 __all__ = ["map_tasks", "uses_batch_statistics"]
 
 
+def _batch_norm_affine_outside(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r""":func:`torch.nn.functional.batch_norm` with its affine part as separate ops.
+
+    :math:`y = \gamma \odot \hat x + \beta`, :math:`\hat x` the fused normalization without
+    weight and bias: the same value (to rounding), and on torch 2.13 the *outer* gradient of a
+    vmapped inner loop through it is exact, where the fused op with an unbatched
+    :math:`\gamma, \beta` gives wrong second-order meta-gradients (5.8e-3 relative on a
+    float64 Conv4-BN with two inner steps; 1e-15 with the affine outside).
+    """
+    y = tnf.batch_norm(input, running_mean, running_var, None, None, training, momentum, eps)
+    shape = (-1, *([1] * (input.dim() - 2)))
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+class _AffineOutsideBatchNorm(TorchFunctionMode):
+    """While active, batch-statistics ``F.batch_norm`` calls run as :func:`_batch_norm_affine_outside`."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is tnf.batch_norm:
+            return _batch_norm_affine_outside(*args, **(kwargs or {}))
+        if func is torch.batch_norm:  # (input, weight, bias, mean, var, training, momentum, eps, _)
+            x, w, b, mean, var, training, momentum, eps = args[:8]
+            return _batch_norm_affine_outside(x, mean, var, w, b, training, momentum, eps)
+        return func(*args, **(kwargs or {}))
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity whose backward refuses to be differentiated (``create_graph=True``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "map_tasks vmapped a BatchNorm model (batch statistics): its meta-gradient is "
+                "exact, but a gradient of that meta-gradient (create_graph=True, third-order "
+                "derivatives through vmapped batch statistics) is wrong on torch 2.13 and is "
+                "refused; use strategy='loop' for it."
+            )
+        return grad
+
+
+def _first_order_only(out: Any) -> Any:
+    """``out`` with every tensor that requires grad behind :class:`_FirstOrderOnly`."""
+    return tree_map(
+        lambda t: _FirstOrderOnly.apply(t) if isinstance(t, Tensor) and t.requires_grad else t, out
+    )
+
+
+def batch_norm_is_exact_under_vmap() -> bool:
+    """Whether :func:`map_tasks` is vmapping with BatchNorm's affine part split out (so a check
+    that refuses ``vmap`` over batch statistics, as ``make_loss_fn``'s, may let it run)."""
+    return any(isinstance(m, _AffineOutsideBatchNorm) for m in _get_current_function_mode_stack())
+
+
+def _loop_only(model: nn.Module) -> list[str]:
+    """Batch-statistics layers ``vmap`` cannot run exactly: InstanceNorm, and BatchNorm that
+    updates running statistics in training mode (a per-task buffer mutation)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if (isinstance(m, _InstanceNorm) and (m.training or not m.track_running_stats))
+        or (isinstance(m, _BatchNorm) and m.training and m.track_running_stats)
+    ]
+
+
 def uses_batch_statistics(model: nn.Module) -> list[str]:
     """Names of the submodules that normalize with statistics of the current batch.
 
     These are BatchNorm layers in training mode (or with ``track_running_stats=False``) and
     InstanceNorm layers that do not use running statistics. On torch 2.13, second-order gradients
-    through ``torch.func.vmap`` of such layers are wrong (measured: relative errors far above 1e-9
-    on a Conv4; GroupNorm, LayerNorm and eval-mode BatchNorm are exact), so :func:`map_tasks`
-    refuses to ``vmap`` over them.
+    through a plain ``torch.func.vmap`` of such layers are wrong (measured: relative errors far
+    above 1e-9 on a Conv4; GroupNorm, LayerNorm and eval-mode BatchNorm are exact);
+    :func:`map_tasks` batches BatchNorm exactly (its affine part split out) and loops over the
+    others.
 
     Example:
         >>> from torch import nn
@@ -51,19 +143,30 @@ def map_tasks(
     r"""Apply ``fn`` to each task (slice ``i`` of every tensor in ``tasks``) and stack the results.
 
     ``"vmap"`` runs :func:`torch.func.vmap` over the leading (task) dimension; ``"loop"`` calls
-    ``fn`` once per task and stacks; ``"auto"`` uses ``vmap`` unless ``model`` normalizes with batch
-    statistics (see :func:`uses_batch_statistics`), where ``vmap`` would give wrong meta-gradients,
-    and then loops. Both give the same values and meta-gradients (tested to 1e-9 in float64).
+    ``fn`` once per task and stacks; ``"auto"`` uses ``vmap`` wherever it is exact. All give the
+    same values and meta-gradients, of every order (tested to 1e-9 in float64 for every map).
 
-    With ``params`` (every tensor or module the meta-gradient is wanted for: the backbone, the
-    map, a learned ``z0`` or ``lr``), a batch-statistics model is batched exactly after all: the
+    **BatchNorm.** On torch 2.13 the outer gradient of a vmapped inner loop through the fused
+    ``batch_norm`` with an unbatched weight and bias is wrong (the BatchNorm trap, 1e-3..1e-2
+    relative; see :func:`uses_batch_statistics`), while the fused normalization *without* its
+    affine part is exact. Under ``vmap`` this function therefore runs every batch-statistics
+    ``F.batch_norm`` as :math:`\gamma \odot \mathrm{BN}(x) + \beta` (the same value, one
+    fused normalization plus a multiply and an add), so BatchNorm models without running-statistic
+    updates (``track_running_stats=False``, as :class:`mirroropt.models.Conv4` builds them) are
+    vmapped exactly (second-order meta-gradients included). A gradient *of* that meta-gradient
+    (``create_graph=True`` on the meta-loss, third-order derivatives) is wrong through vmapped
+    batch statistics on torch 2.13 and is refused with an error; ``"loop"`` supports it.
+    InstanceNorm, and BatchNorm that updates running statistics in training mode, are looped by
+    ``"auto"`` and refused by ``"vmap"``.
+
+    ``params`` (every tensor or module the meta-gradient is wanted for: the backbone, the map, a
+    learned ``z0`` or ``lr``) selects the earlier exact path for batch-statistics models: the
     per-task meta-gradients :math:`G_i = \nabla_\theta \ell_i` are computed *inside* ``vmap``
-    (``vmap(grad(task))``, exact on torch 2.13, unlike the outer gradient of ``vmap(task)``) and
-    handed back by an autograd Function, so ``map_tasks(...).mean().backward()`` fills ``.grad``
-    as the loop would (tested to 1e-9 in float64 for every map). ``fn`` must then return a scalar
-    loss, or ``(loss, aux)`` with ``aux`` returned detached; the result supports one backward
-    (first-order use of the meta-loss: no ``create_graph=True``). Models without batch
-    statistics ignore ``params`` (plain ``vmap`` is exact for them).
+    (``vmap(grad(task))``) and handed back by an autograd Function, so
+    ``map_tasks(...).mean().backward()`` fills ``.grad`` as the loop would. ``fn`` must then return
+    a scalar loss, or ``(loss, aux)`` with ``aux`` returned detached, and the result supports one
+    backward (no ``create_graph=True``). The default above needs no ``params`` and is faster
+    (``docs/performance.md``); models without batch statistics ignore ``params``.
 
     Args:
         fn: per-task function ``fn(*task_slices) -> tensor | tuple | list | dict of tensors``,
@@ -86,10 +189,11 @@ def map_tasks(
 
     Raises:
         ValueError: on an unknown ``strategy``, no tasks, unequal leading sizes,
-            ``strategy="vmap"`` with a model that uses batch statistics and no ``params``, a
+            ``strategy="vmap"`` with InstanceNorm or running-statistic BatchNorm (no ``params``), a
             non-positive ``chunk_size``, or (with ``params``) ``fn`` depending on a tensor that
             requires grad but is not named in ``params``.
-        RuntimeError: on a higher-order gradient of a result computed with ``params``.
+        RuntimeError: on a gradient of the meta-gradient (``create_graph=True``) of a result
+            vmapped over batch statistics (with or without ``params``).
         NonFiniteError: (a ``ValueError``) with ``check_finite``, naming the task and, where the
             inner loop reports it, the step and tensors that are not finite.
 
@@ -130,17 +234,23 @@ def map_tasks(
             )
         out = vmapped_meta_gradients(fn, tasks, meta, chunk_size=chunk_size)
         return _checked(out, fn, tasks, check_finite, rerun=True)
-    if strategy == "vmap" and offending:
+    loop_only = _loop_only(model) if offending and model is not None else []
+    if strategy == "vmap" and loop_only:
         raise ValueError(
-            f"`model` normalizes with batch statistics in {offending}; torch.func.vmap gives wrong "
-            f"second-order meta-gradients through such layers. Use strategy='loop' (or 'auto'), "
-            f"pass `params` (every tensor/module the meta-gradient is wanted for) to vmap exactly, "
-            f"put BatchNorm in eval mode with running statistics, or use GroupNorm/LayerNorm."
+            f"`model` normalizes with batch statistics in {loop_only} (InstanceNorm, or BatchNorm "
+            f"updating running statistics in training mode), which torch.func.vmap cannot batch "
+            f"exactly. Use strategy='loop' (or 'auto'), build BatchNorm with "
+            f"track_running_stats=False (as mirroropt.models.Conv4 does), put it in eval mode, "
+            f"or use GroupNorm/LayerNorm."
         )
-    if strategy == "vmap" or (strategy == "auto" and not offending):
-        return _checked(
-            torch.func.vmap(fn, chunk_size=chunk_size)(*tasks), fn, tasks, check_finite, rerun=True
-        )
+    if strategy == "vmap" or (strategy == "auto" and not loop_only):
+        vmapped = torch.func.vmap(fn, chunk_size=chunk_size)
+        if offending:  # BatchNorm with batch statistics: exact with its affine part split out
+            with _AffineOutsideBatchNorm():
+                out = _first_order_only(vmapped(*tasks))
+        else:
+            out = vmapped(*tasks)
+        return _checked(out, fn, tasks, check_finite, rerun=True)
     outputs = [_task(fn, tasks, i) for i in range(int(sizes[0]))]  # type: ignore[arg-type]
     return _checked(_stack(outputs), fn, tasks, check_finite, rerun=False)
 

@@ -25,9 +25,9 @@ class Conv4(nn.Module):
 
     ``norm="batch"`` is BatchNorm with ``track_running_stats=False``: every call normalizes with
     the statistics of its own batch (transductive, as in MAML's code), so the module has no
-    buffers to mutate. :func:`mirroropt.map_tasks` loops over tasks for it, because
-    ``torch.func.vmap`` through batch statistics gives wrong second-order gradients on torch 2.13.
-    ``norm="group"`` (GroupNorm) is per-sample and ``vmap``-exact, hence faster on many tasks.
+    buffers to mutate. A plain ``torch.func.vmap`` through batch statistics gives wrong
+    second-order gradients on torch 2.13; :func:`mirroropt.map_tasks` vmaps it exactly (its
+    affine part split out). ``norm="group"`` (GroupNorm) is per-sample and ``vmap``-exact as is.
 
     Args:
         n_way: number of classes (output logits), ≥ 2.

@@ -1,4 +1,5 @@
-"""Exact vmapped BatchNorm: per-task meta-gradients inside vmap equal the per-task loop."""
+"""Exact vmapped BatchNorm: the default vmap (BatchNorm's affine part split out) and the
+per-task meta-gradients inside vmap (``params``) equal the per-task loop."""
 
 from __future__ import annotations
 
@@ -71,6 +72,25 @@ def test_vmapped_batchnorm_equals_per_task_loop_for_every_map(case: MapCase) -> 
     assert float((got - expected).norm() / expected.norm()) < 1e-9
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_default_vmap_of_batchnorm_equals_per_task_loop_for_every_map(case: MapCase) -> None:
+    """No ``params``: ``strategy='vmap'`` on a Conv4-BN (float64), chunked, equals the loop."""
+    model, g_map, params, z0 = _problem(case)
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    task = _task_fn(model, g_map, params, z0, lr)
+    leaves = [*params.values(), *g_map.parameters(), *z0.values(), lr]
+    data = image_tasks(TASKS, SHOTS)
+    weights = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+
+    by_loop = mo.map_tasks(task, *data, model=model, strategy="loop")
+    by_vmap = mo.map_tasks(task, *data, model=model, strategy="vmap", chunk_size=2)
+    torch.testing.assert_close(by_vmap.detach(), by_loop.detach(), rtol=1e-12, atol=1e-12)
+    expected = _grads((weights * by_loop).sum(), leaves)
+    got = _grads((weights * by_vmap).sum(), leaves)
+    assert float(expected.norm()) > 0
+    assert float((got - expected).norm() / expected.norm()) < 1e-9
+
+
 def test_backward_fills_grad_like_the_loop_and_chunking_does_not_matter() -> None:
     model = conv4(norm="batch")
     params = dict(model.named_parameters())
@@ -82,6 +102,8 @@ def test_backward_fills_grad_like_the_loop_and_chunking_does_not_matter() -> Non
     results = []
     for kwargs in (
         {"strategy": "loop"},
+        {},
+        {"chunk_size": 3},
         {"params": [model, g_map]},
         {"params": [model, g_map], "chunk_size": 3},
     ):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mirroropt import functional as F
-from mirroropt._batching import uses_batch_statistics
+from mirroropt._batching import batch_norm_is_exact_under_vmap, uses_batch_statistics
 from mirroropt._types import LR, Params
 from mirroropt.maps._base import MirrorMap
 
@@ -246,10 +246,11 @@ def make_loss_fn(
         inputs: the model's positional input, or a tuple of them.
         targets: the targets passed to ``criterion``.
 
-    The returned function refuses to run under :func:`torch.func.vmap` when ``model``
+    The returned function refuses to run under a plain :func:`torch.func.vmap` when ``model``
     normalizes with batch statistics (training-mode BatchNorm, InstanceNorm; see
     :func:`mirroropt.uses_batch_statistics`): there ``vmap`` gives wrong second-order
-    meta-gradients on torch 2.13 without an error. :func:`mirroropt.map_tasks` loops instead.
+    meta-gradients on torch 2.13 without an error. :func:`mirroropt.map_tasks` batches such
+    models exactly (BatchNorm with its affine part split out, or a per-task loop).
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or ``criterion`` is not callable.
@@ -270,14 +271,14 @@ def make_loss_fn(
     args = inputs if isinstance(inputs, tuple) else (inputs,)
 
     def loss_fn(phi: Params) -> Tensor:
-        if _under_vmap():
+        if _under_vmap() and not batch_norm_is_exact_under_vmap():
             offending = uses_batch_statistics(model)
             if offending:
                 raise ValueError(
                     f"`model` normalizes with batch statistics in {offending} and this loss runs "
                     f"under torch.func.vmap, which gives wrong second-order meta-gradients through "
                     f"such layers (torch 2.13). Batch tasks with mirroropt.map_tasks(fn, *tasks, "
-                    f"model=model) (it loops for such models), put BatchNorm in eval mode with "
+                    f"model=model) (exact for such models), put BatchNorm in eval mode with "
                     f"running statistics, or use GroupNorm/LayerNorm."
                 )
         return criterion(torch.func.functional_call(model, phi, args), targets)

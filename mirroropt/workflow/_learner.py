@@ -390,7 +390,7 @@ def meta_loss(
     the logged metric, under ``no_grad``-equivalent detaching, and the initialization is
     detached: the bound trains the map only (see :mod:`mirroropt.workflow.objectives`).
 
-    Tasks are batched with :func:`mirroropt.map_tasks` (``vmap``, or a loop for BatchNorm).
+    Tasks are batched with :func:`mirroropt.map_tasks` (``vmap``, exact for BatchNorm too).
 
     With ``meta_batch`` = B, ``batch`` is one rank's block :math:`S_r` of a meta-batch of B tasks
     sharded over processes (:func:`mirroropt.distributed.shard_tasks`), and both values are its

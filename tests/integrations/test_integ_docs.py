@@ -27,7 +27,7 @@ PAIRS = [
         "`mirroropt.adapt(mirror_map, make_loss_fn(net, criterion, x, y), params, lr=..., steps=...)`.\n"
         "**BatchNorm trap:** with BatchNorm (or InstanceNorm) using batch statistics, `vmap` gives\n"
         "wrong second-order meta-gradients on torch 2.13; batch tasks with\n"
-        "`mirroropt.map_tasks(fn, *tasks, model=net)`, which loops over tasks in that case\n"
+        "`mirroropt.map_tasks(fn, *tasks, model=net)`, which batches such a model exactly\n"
         "(see `examples/omniglot_style.py`).",
     ),
     (
@@ -112,10 +112,11 @@ FOOTER = """
 - **BatchNorm under `vmap`** (functorch's `maml-omniglot-transforms` vmaps a model whose
   BatchNorm uses batch statistics): on torch 2.13 `vmap` then gives wrong second-order
   meta-gradients without an error (`benchmarks/batchnorm_trap.py` measures it). Where
-  mirroropt sees the model it refuses: the loss from `make_loss_fn(net, ...)` raises under
-  `vmap` for such a model, and `map_tasks(..., strategy="vmap")` too; `mirror_update` sees only
-  tensors. Replace `vmap(fn)(*tasks)` by `mirroropt.map_tasks(fn, *tasks, model=net)`, which
-  loops over tasks for such models, or use GroupNorm / eval-mode BatchNorm.
+  mirroropt sees the model it refuses: the loss from `make_loss_fn(net, ...)` raises under a
+  plain `vmap` for such a model; `mirror_update` sees only tensors. Replace `vmap(fn)(*tasks)`
+  by `mirroropt.map_tasks(fn, *tasks, model=net)`, which vmaps such a model exactly
+  (BatchNorm's affine part split out; InstanceNorm is looped), or use GroupNorm / eval-mode
+  BatchNorm.
 
 ### Five upstream scripts
 
