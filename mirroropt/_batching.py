@@ -34,8 +34,9 @@ def _batch_norm_affine_outside(
     :math:`y = \gamma \odot \hat x + \beta`, :math:`\hat x` the fused normalization without
     weight and bias: the same value (to rounding), and on torch 2.13 the *outer* gradient of a
     vmapped inner loop through it is exact, where the fused op with an unbatched
-    :math:`\gamma, \beta` gives wrong second-order meta-gradients (5.8e-3 relative on a
-    float64 Conv4-BN with two inner steps; 1e-15 with the affine outside).
+    :math:`\gamma, \beta` gives wrong second-order meta-gradients (7.8e-3 relative on a
+    float64 Conv4-BN with two inner steps; 1e-15 with the affine outside:
+    ``python benchmarks/batchnorm_trap.py``).
     """
     y = tnf.batch_norm(input, running_mean, running_var, None, None, training, momentum, eps)
     shape = (-1, *([1] * (input.dim() - 2)))
@@ -47,7 +48,8 @@ def _batch_norm_affine_outside(
 
 
 class _AffineOutsideBatchNorm(TorchFunctionMode):
-    """While active, batch-statistics ``F.batch_norm`` calls run as :func:`_batch_norm_affine_outside`."""
+    """While active, every ``F.batch_norm`` / ``torch.batch_norm`` call runs as
+    :func:`_batch_norm_affine_outside` (the same value; exact gradients under ``vmap``)."""
 
     def __torch_function__(
         self,
@@ -143,8 +145,8 @@ def map_tasks(
     r"""Apply ``fn`` to each task (slice ``i`` of every tensor in ``tasks``) and stack the results.
 
     ``"vmap"`` runs :func:`torch.func.vmap` over the leading (task) dimension; ``"loop"`` calls
-    ``fn`` once per task and stacks; ``"auto"`` uses ``vmap`` wherever it is exact. All give the
-    same values and meta-gradients, of every order (tested to 1e-9 in float64 for every map).
+    ``fn`` once per task and stacks; ``"auto"`` uses ``vmap`` wherever it is exact. They give the
+    same values and meta-gradients (tested to 1e-9 in float64 for every map; one limit below).
 
     **BatchNorm.** On torch 2.13 the outer gradient of a vmapped inner loop through the fused
     ``batch_norm`` with an unbatched weight and bias is wrong (the BatchNorm trap, 1e-3..1e-2
