@@ -143,6 +143,28 @@ def _mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
     return torch.matmul(factor, x)  # the middle of three modes: (O, I, K) → A @ x[o] for each o
 
 
+def _grouped_mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
+    r""":func:`_mode_product` over a leading group index: ``out[t] = x[t] ×_mode factor[t]``.
+
+    ``x`` is ``[T, *modes]``; ``factor`` is ``[T, m, m]`` (dense), ``[T, m]`` (diagonal) or ``[T]``
+    (the scalar of 0-d tensors). One batched product for the whole group.
+    """
+    t = x.shape[0]
+    if factor.ndim == 1:
+        return x * factor.reshape(t, *([1] * (x.ndim - 1)))
+    if factor.ndim == 2:
+        view = [t] + [1] * (x.ndim - 1)
+        view[mode + 1] = -1
+        return x * factor.reshape(view)
+    if mode == 0:
+        flat = x.reshape(t, x.shape[1], math.prod(x.shape[2:]))
+        return torch.bmm(factor, flat).reshape(x.shape)
+    if mode == x.ndim - 2:
+        flat = x.reshape(t, math.prod(x.shape[1:-1]), x.shape[-1])
+        return torch.bmm(flat, factor.mT).reshape(x.shape)
+    return torch.matmul(factor.unsqueeze(1), x)  # middle of three: [T, 1, I, I] @ [T, O, I, K]
+
+
 @final
 class Kronecker(MirrorMap):
     r"""Kronecker-factored SPD map, per layer: :math:`g(z) = z \times_1 A_{out} \times_2 A_{in} \times_3 A_k`.
@@ -297,44 +319,63 @@ class Kronecker(MirrorMap):
                 out[name][j] = a
         return out
 
-    def _precondition(
-        self,
-        params: Mapping[str, Tensor],
-        inverse: bool,
-        factor_lists: dict[str, list[Tensor]] | None = None,
-    ) -> Params:
-        if factor_lists is None:
-            factor_lists = self._factor_lists(list(self.shapes), inverse)
-        out: Params = {}
+    def _plan(self, inverse: bool) -> list[tuple[list[str], torch.Size, list[Tensor]]]:
+        """The factors of every tensor, those of equal-shape tensors stacked (one product per group).
+
+        A group of several tensors (the three inner conv kernels of a Conv4, its biases and norm
+        vectors) gets ``[T, ...]`` factors; a group of one keeps its own.
+        """
+        factor_lists = self._factor_lists(list(self.shapes), inverse)
+        groups: dict[torch.Size, list[str]] = {}
         for name, shape in self.shapes.items():
-            factors = factor_lists[name]
-            if len(shape) == 0:
-                out[name] = params[name] * factors[0]
+            groups.setdefault(shape, []).append(name)
+        plan = []
+        for shape, names in groups.items():
+            if len(names) == 1:
+                plan.append((names, shape, factor_lists[names[0]]))
+            else:
+                stacked = [torch.stack(list(f)) for f in zip(*(factor_lists[n] for n in names))]
+                plan.append((names, shape, stacked))
+        return plan
+
+    def _precondition(
+        self, params: Mapping[str, Tensor], plan: list[tuple[list[str], torch.Size, list[Tensor]]]
+    ) -> Params:
+        out: Params = {}
+        for names, shape, factors in plan:
+            sizes = _mode_sizes(shape)
+            if len(names) == 1:
+                x = params[names[0]].reshape(sizes)
+                for mode, factor in enumerate(factors):
+                    x = x * factor if not sizes else _mode_product(x, factor, mode)
+                out[names[0]] = x.reshape(shape)
                 continue
-            x = params[name].reshape(_mode_sizes(shape))
+            x = torch.stack([params[n].reshape(sizes) for n in names])
             for mode, factor in enumerate(factors):
-                x = _mode_product(x, factor, mode)
-            out[name] = x.reshape(shape)
-        return out
+                x = _grouped_mode_product(x, factor, mode)
+            for name, y in zip(names, x.unbind(0)):
+                out[name] = y.reshape(shape)
+        return {n: out[n] for n in self.shapes}
 
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
-        return self._precondition(z, inverse=False)
+        return self._precondition(z, self._plan(inverse=False))
 
     def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
         r""":meth:`to_primal` with the factors :math:`A_j = \exp(\operatorname{sym} S_j)` computed once.
 
         The matrix exponentials do not depend on ``z``; :func:`mirroropt.adapt` calls this once
-        per inner loop instead of once per step.
+        per inner loop instead of once per step. The factors of equal-shape tensors are stacked
+        here too, so that each step applies one batched product per group and mode.
         """
-        factor_lists = self._factor_lists(list(self.shapes), False)
+        plan = self._plan(inverse=False)
 
         def to_primal(z: Mapping[str, Tensor]) -> Params:
-            return self._precondition(z, False, factor_lists)
+            return self._precondition(z, plan)
 
         return to_primal
 
     def to_dual(self, phi: Mapping[str, Tensor]) -> Params:
-        return self._precondition(phi, inverse=True)
+        return self._precondition(phi, self._plan(inverse=True))
 
     def _extreme_eigenvalues(self) -> list[tuple[float, float]]:
         """(λ_min, λ_max) of each tensor's P = ⊗ A_j, from the factors' logarithms."""

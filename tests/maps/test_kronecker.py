@@ -21,6 +21,15 @@ SHAPES = {
     "temperature": torch.Size(()),
     "conv3d.weight": torch.Size((2, 1, 2, 1, 3)),
 }
+#: With tensors of equal shape, which the map applies as one stacked product per group and mode.
+SHARED = {
+    **SHAPES,
+    "conv2.weight": torch.Size((3, 2, 2, 2)),
+    "conv2.bias": torch.Size((3,)),
+    "conv3.bias": torch.Size((3,)),
+    "fc2.weight": torch.Size((4, 5)),
+    "scale": torch.Size(()),
+}
 
 
 def _perturbed(g: Kronecker, scale: float = 0.4, seed: int = 0) -> Kronecker:
@@ -52,13 +61,17 @@ def _dense_p(g: Kronecker, name: str) -> Tensor:
     return p.detach()
 
 
+@pytest.mark.parametrize("shapes", [SHAPES, SHARED], ids=["distinct", "shared"])
 @pytest.mark.parametrize("max_factor_size", [None, 3])
-def test_equals_dense_kronecker_reference(max_factor_size: int | None) -> None:
-    g = _perturbed(Kronecker(SHAPES, max_factor_size=max_factor_size))
-    z, phi = _random(SHAPES, 1), _random(SHAPES, 2)
+def test_equals_dense_kronecker_reference(
+    max_factor_size: int | None, shapes: dict[str, torch.Size]
+) -> None:
+    g = _perturbed(Kronecker(shapes, max_factor_size=max_factor_size))
+    z, phi = _random(shapes, 1), _random(shapes, 2)
     with torch.no_grad():
-        out, back = g.to_primal(z), g.to_dual(phi)
-    for name, shape in SHAPES.items():
+        out, back, prepared = g.to_primal(z), g.to_dual(phi), g.prepared()(z)
+    for name, shape in shapes.items():
+        torch.testing.assert_close(prepared[name], out[name], rtol=0, atol=0)
         p = _dense_p(g, name)
         assert p.shape == (shape.numel(), shape.numel())
         torch.testing.assert_close(
@@ -202,6 +215,10 @@ def test_gradcheck_through_unrolled_adapt() -> None:
         "k": torch.Size((2, 1, 2)),
         "b": torch.Size((2,)),
         "s": torch.Size(()),
+        "w2": torch.Size((2, 3)),  # equal shapes: one stacked product per group
+        "k2": torch.Size((2, 1, 2)),
+        "b2": torch.Size((2,)),
+        "s2": torch.Size(()),
     }
     g = _perturbed(Kronecker(shapes), scale=0.3, seed=8)
     loss = _loss(_random(shapes, 9))
@@ -230,9 +247,9 @@ def test_gradcheck_through_unrolled_adapt() -> None:
 
 
 def test_vmap_over_tasks_equals_loop() -> None:
-    g = _perturbed(Kronecker(SHAPES), scale=0.3, seed=11)
-    targets = {n: torch.randn(3, *s, dtype=DT) for n, s in SHAPES.items()}
-    phi = _random(SHAPES, 12)
+    g = _perturbed(Kronecker(SHARED), scale=0.3, seed=11)
+    targets = {n: torch.randn(3, *s, dtype=DT) for n, s in SHARED.items()}
+    phi = _random(SHARED, 12)
 
     def one(target: dict[str, Tensor]) -> dict[str, Tensor]:
         return adapt(g, _loss(target), phi, lr=0.02, steps=2)
@@ -240,7 +257,7 @@ def test_vmap_over_tasks_equals_loop() -> None:
     batched = torch.func.vmap(one)(targets)
     for i in range(3):
         single = one({n: t[i] for n, t in targets.items()})
-        for n in SHAPES:
+        for n in SHARED:
             torch.testing.assert_close(batched[n][i], single[n], rtol=1e-12, atol=1e-12)
 
 
