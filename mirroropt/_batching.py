@@ -13,7 +13,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils._pytree import tree_map
 
-from mirroropt._task_grads import collect_params, vmapped_meta_gradients
+from mirroropt._task_grads import collect_params, per_task_meta_gradients
 from mirroropt._utils import NonFiniteError, is_transformed
 
 __all__ = ["map_tasks", "uses_batch_statistics"]
@@ -161,14 +161,18 @@ def map_tasks(
     InstanceNorm, and BatchNorm that updates running statistics in training mode, are looped by
     ``"auto"`` and refused by ``"vmap"``.
 
-    ``params`` (every tensor or module the meta-gradient is wanted for: the backbone, the map, a
-    learned ``z0`` or ``lr``) selects the earlier exact path for batch-statistics models: the
-    per-task meta-gradients :math:`G_i = \nabla_\theta \ell_i` are computed *inside* ``vmap``
-    (``vmap(grad(task))``) and handed back by an autograd Function, so
-    ``map_tasks(...).mean().backward()`` fills ``.grad`` as the loop would. ``fn`` must then return
-    a scalar loss, or ``(loss, aux)`` with ``aux`` returned detached, and the result supports one
-    backward (no ``create_graph=True``). The default above needs no ``params`` and is faster
-    (``docs/performance.md``); models without batch statistics ignore ``params``.
+    **Per-task meta-gradients** (``params``: every tensor or module the meta-gradient is wanted
+    for: the backbone, the map, a learned ``z0`` or ``lr``). The per-task meta-gradients
+    :math:`G_i = \nabla_\theta \ell_i` are computed *in the forward* (``vmap(grad(task))`` in
+    chunks of ``chunk_size``, or with ``strategy="loop"`` ``grad(task)`` one task at a time) and
+    handed back by an autograd Function, so ``map_tasks(...).mean().backward()`` fills ``.grad``
+    as the loop would, for any model. Each chunk's graph is freed before the next chunk runs:
+    this is the **memory-saving mode** — with ``strategy="loop"`` (or ``chunk_size=1``) the peak
+    is one task's, like a per-task ``backward()`` (``benchmarks/memory.py``,
+    ``docs/performance.md``), where the default keeps every task's graph until the backward.
+    ``fn`` must then return a scalar loss, or ``(loss, aux)`` with ``aux`` returned detached, and
+    the result supports one backward (no ``create_graph=True``). Slower than the default
+    (``docs/performance.md``); BatchNorm that updates running statistics is refused.
 
     Args:
         fn: per-task function ``fn(*task_slices) -> tensor | tuple | list | dict of tensors``,
@@ -178,7 +182,7 @@ def map_tasks(
             ``fn`` uses no such layer.
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
         params: tensors/modules to differentiate the per-task outputs with respect to (a tensor,
-            module, or a mapping/iterable of them); enables the exact vmapped path above.
+            module, or a mapping/iterable of them); selects the per-task meta-gradients above.
         chunk_size: tasks per ``vmap`` call (bounds memory); ``None`` maps all tasks at once.
         check_finite: raise :class:`~mirroropt.NonFiniteError` if an output of a task is not
             finite (every path: under ``vmap`` the inner checks of :func:`mirroropt.adapt` cannot
@@ -192,8 +196,9 @@ def map_tasks(
     Raises:
         ValueError: on an unknown ``strategy``, no tasks, unequal leading sizes,
             ``strategy="vmap"`` with InstanceNorm or running-statistic BatchNorm (no ``params``), a
-            non-positive ``chunk_size``, or (with ``params``) ``fn`` depending on a tensor that
-            requires grad but is not named in ``params``.
+            non-positive ``chunk_size``, or with ``params``: running-statistic BatchNorm in
+            training mode, or ``fn`` depending on a tensor that requires grad but is not named in
+            ``params``.
         RuntimeError: on a gradient of the meta-gradient (``create_graph=True``) of a result
             vmapped over batch statistics (with or without ``params``).
         NonFiniteError: (a ``ValueError``) with ``check_finite``, naming the task and, where the
@@ -220,21 +225,22 @@ def map_tasks(
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
     offending = uses_batch_statistics(model) if model is not None else []
     meta = collect_params(params) if params is not None else None
-    if meta is not None and offending and strategy != "loop":
-        assert model is not None
+    if meta is not None:
         tracking = [
             name
-            for name, m in model.named_modules()
+            for name, m in (model.named_modules() if model is not None else ())
             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
         ]
         if tracking:
             raise ValueError(
                 f"`model` has BatchNorm layers {tracking} that update running statistics in "
-                f"training mode; the vmapped path (`params`) cannot mutate buffers per task. Build "
-                f"them with track_running_stats=False (as mirroropt.models.Conv4 does), or drop "
-                f"`params` to use the per-task loop."
+                f"training mode; the per-task meta-gradients of `params` cannot mutate buffers "
+                f"inside torch.func. Build them with track_running_stats=False (as "
+                f"mirroropt.models.Conv4 does), or drop `params` to use the per-task loop."
             )
-        out = vmapped_meta_gradients(fn, tasks, meta, chunk_size=chunk_size)
+        out = per_task_meta_gradients(
+            fn, tasks, meta, chunk_size=chunk_size, loop=strategy == "loop"
+        )
         return _checked(out, fn, tasks, check_finite, rerun=True)
     loop_only = _loop_only(model) if offending and model is not None else []
     if strategy == "vmap" and loop_only:

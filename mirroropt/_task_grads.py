@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["collect_params", "vmapped_meta_gradients"]
+__all__ = ["collect_params", "per_task_meta_gradients"]
 
 
 def collect_params(params: Any) -> list[Tensor]:
@@ -135,7 +135,7 @@ class _PrecomputedBackward(torch.autograd.Function):
     def backward(ctx: Any, grad_values: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         if torch.is_grad_enabled():
             raise RuntimeError(
-                "map_tasks(..., params=...) computes first-order meta-gradients inside vmap and "
+                "map_tasks(..., params=...) computes first-order meta-gradients per task and "
                 "cannot be differentiated again (create_graph=True or higher-order gradients of "
                 "the meta-loss); drop `params` to use the per-task loop, which supports them."
             )
@@ -145,12 +145,13 @@ class _PrecomputedBackward(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def vmapped_meta_gradients(
+def per_task_meta_gradients(
     fn: Callable[..., Any],
     tasks: tuple[Tensor, ...],
     params: list[Tensor],
     *,
     chunk_size: int | None,
+    loop: bool = False,
 ) -> Any:
     """Per-task values of ``fn`` attached to ``params`` by exact per-task meta-gradients.
 
@@ -158,30 +159,24 @@ def vmapped_meta_gradients(
     structure of tensors) is returned stacked and detached. The scalar values come back as a
     ``[B]`` tensor whose backward gives, for each tensor in ``params``, ``Σ_i ḡ_i ∇ℓ_i``.
 
+    The per-task gradients come from ``vmap(grad_and_value(task))`` in chunks of ``chunk_size``
+    or, with ``loop``, from an eager ``torch.autograd.grad`` of each task's loss in turn (no
+    transform; the saved tensors are freed as that backward runs). Either way a chunk's (a task's)
+    graph is freed before the next one runs, so the peak memory is that of one chunk (one task)
+    plus the B per-task meta-gradients.
+
     Raises:
         ValueError: if ``fn`` returns no scalar loss, or its values depend on a tensor that
             requires grad but is not named in ``params``.
         RuntimeError: (on backward) if a higher-order gradient of the result is requested.
     """
+    if loop:
+        return _attach(*_looped(fn, tasks, params), params)
     stand_ins = tuple(p.detach() for p in params)
 
     def per_task(meta: tuple[Tensor, ...], *slices: Tensor) -> tuple[Tensor, Any]:
         with _Substitute(params, meta):
-            out = fn(*slices)
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor):
-            loss, aux = out
-        elif isinstance(out, Tensor):
-            loss, aux = out, ()
-        else:
-            raise ValueError(
-                "With `params`, `fn` must return a scalar loss tensor or a pair (loss, aux), got "
-                f"{type(out).__name__}."
-            )
-        if loss.dim() != 0:
-            raise ValueError(
-                f"With `params`, `fn` must return a scalar loss per task, got shape "
-                f"{tuple(loss.shape)}."
-            )
+            loss, aux = _loss_and_aux(fn(*slices))
         return loss, (loss, aux)
 
     grad_and_value = torch.func.grad_and_value(per_task, has_aux=True)
@@ -190,12 +185,78 @@ def vmapped_meta_gradients(
         grad_and_value, in_dims=in_dims, chunk_size=chunk_size
     )(stand_ins, *tasks)
     if values.requires_grad:
+        raise ValueError(_UNNAMED)
+    return _attach(values, tuple(grads), aux, params)
+
+
+_UNNAMED = (
+    "`fn` depends on a tensor that requires grad but is not named in `params`; its "
+    "meta-gradient would be lost (the per-task meta-gradients are computed for the named "
+    "tensors only). Name every such tensor (or module) in `params`, or detach it."
+)
+
+
+def _loss_and_aux(out: Any) -> tuple[Tensor, Any]:
+    """``fn``'s output as ``(scalar loss, aux)``."""
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor):
+        loss, aux = out
+    elif isinstance(out, Tensor):
+        loss, aux = out, ()
+    else:
         raise ValueError(
-            "`fn` depends on a tensor that requires grad but is not named in `params`; its "
-            "meta-gradient would be wrong under vmap with batch statistics. Name every such "
-            "tensor (or module) in `params`, or detach it."
+            "With `params`, `fn` must return a scalar loss tensor or a pair (loss, aux), got "
+            f"{type(out).__name__}."
         )
-    attached = _PrecomputedBackward.apply(values, tuple(grads), *params)
+    if loss.dim() != 0:
+        raise ValueError(
+            f"With `params`, `fn` must return a scalar loss per task, got shape "
+            f"{tuple(loss.shape)}."
+        )
+    return loss, aux
+
+
+def _looped(
+    fn: Callable[..., Any], tasks: tuple[Tensor, ...], params: list[Tensor]
+) -> tuple[Tensor, tuple[Tensor, ...], Any]:
+    """Values, stacked per-task meta-gradients and aux of ``fn``: one eager backward per task."""
+    named = {id(p) for p in params}
+    values, per_task, auxes = [], [], []
+    for i in range(tasks[0].shape[0]):
+        loss, aux = _loss_and_aux(fn(*(t[i] for t in tasks)))
+        found: tuple[Tensor | None, ...] = (None,) * len(params)
+        if loss.requires_grad:
+            if any(id(leaf) not in named for leaf in _graph_leaves(loss)):
+                raise ValueError(_UNNAMED)
+            found = torch.autograd.grad(loss, params, allow_unused=True)
+        per_task.append(
+            tuple(torch.zeros_like(p) if g is None else g for g, p in zip(found, params))
+        )
+        values.append(loss.detach())
+        auxes.append(tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, aux))
+        del loss, aux  # nothing of this task's graph outlives its backward
+    grads = tuple(torch.stack(gs) for gs in zip(*per_task))
+    return torch.stack(values), grads, tree_map(lambda *xs: torch.stack(xs), *auxes)
+
+
+def _graph_leaves(t: Tensor) -> list[Tensor]:
+    """The leaf tensors (``AccumulateGrad`` nodes) that ``t``'s autograd graph reaches."""
+    seen: set[Any] = set()
+    stack, leaves = [t.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+        stack.extend(child for child, _ in node.next_functions)
+    return leaves
+
+
+def _attach(values: Tensor, grads: tuple[Tensor, ...], aux: Any, params: list[Tensor]) -> Any:
+    """``values`` whose backward is ``Σ_i ḡ_i G_i`` (and ``aux`` detached, if ``fn`` had any)."""
+    attached = _PrecomputedBackward.apply(values, grads, *params)
     if isinstance(aux, tuple) and not aux:
         return attached
     return attached, tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, aux)

@@ -3,6 +3,10 @@ per-task meta-gradients inside vmap (``params``) equal the per-task loop."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+from typing import Any, ClassVar
+
 import pytest
 import torch
 import torch.nn.functional as tnf
@@ -53,11 +57,11 @@ def _grads(loss: Tensor, leaves: list[Tensor]) -> Tensor:
     )
 
 
-@pytest.mark.parametrize("path", ["default", "params"])
+@pytest.mark.parametrize("path", ["default", "params", "params loop"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_vmapped_batchnorm_equals_per_task_loop_for_every_map(case: MapCase, path: str) -> None:
     """Conv4-BN (float64), chunked: the default ``vmap`` (no ``params``) and the per-task
-    meta-gradient path (``params``) equal the per-task loop."""
+    meta-gradient paths (``params``, vmapped or looped) equal the per-task loop."""
     model, g_map, params, z0 = _problem(case)
     lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
     task = _task_fn(model, g_map, params, z0, lr)
@@ -66,9 +70,10 @@ def test_vmapped_batchnorm_equals_per_task_loop_for_every_map(case: MapCase, pat
     weights = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)  # a non-uniform grad_output
 
     by_loop = mo.map_tasks(task, *data, model=model, strategy="loop")
-    if path == "params":
+    if path.startswith("params"):
+        strategy = "loop" if path == "params loop" else "auto"
         by_vmap = mo.map_tasks(
-            task, *data, model=model, params=[model, g_map, z0, lr], chunk_size=2
+            task, *data, model=model, params=[model, g_map, z0, lr], chunk_size=2, strategy=strategy
         )
         assert by_vmap.grad_fn is not None
         assert "PrecomputedBackward" in type(by_vmap.grad_fn).__name__
@@ -118,7 +123,8 @@ def test_plain_vmap_of_the_same_batchnorm_task_is_wrong() -> None:
     assert float((trapped - exact).norm() / exact.norm()) > 1e-6
 
 
-def test_aux_outputs_are_stacked_and_detached() -> None:
+@pytest.mark.parametrize("strategy", ["auto", "loop"])
+def test_aux_outputs_are_stacked_and_detached(strategy: str) -> None:
     model = conv4(norm="batch")
     params = dict(model.named_parameters())
 
@@ -127,33 +133,106 @@ def test_aux_outputs_are_stacked_and_detached() -> None:
         return tnf.cross_entropy(logits, y_q), {"logits": logits}
 
     data = image_tasks(TASKS, SHOTS)
-    loss, aux = mo.map_tasks(task, *data, model=model, params=model)
+    loss, aux = mo.map_tasks(task, *data, model=model, params=model, strategy=strategy)  # type: ignore[arg-type]
     ref = [task(*(t[i] for t in data)) for i in range(TASKS)]
     torch.testing.assert_close(loss.detach(), torch.stack([r[0] for r in ref]).detach())
     assert aux["logits"].shape == (TASKS, 3 * SHOTS, 3) and not aux["logits"].requires_grad
     torch.testing.assert_close(aux["logits"], torch.stack([r[1]["logits"] for r in ref]).detach())
 
 
-def test_models_without_batch_statistics_ignore_params() -> None:
+@pytest.mark.parametrize("strategy", ["auto", "loop"])
+def test_params_gives_per_task_meta_gradients_for_any_model(strategy: str) -> None:
+    """GroupNorm too: ``params`` computes the per-task meta-gradients (vmapped or looped), equal
+    to the plain loop's backward for a non-uniform grad_output."""
     model = conv4(norm="group")
     params = dict(model.named_parameters())
     g_map = perturbed(Diagonal(model), scale=0.1)
     task = _task_fn(model, g_map, params, {}, torch.tensor(0.1, dtype=torch.float64))
-    out = mo.map_tasks(task, *image_tasks(TASKS, SHOTS), model=model, params=[model, g_map])
-    assert "PrecomputedBackward" not in type(out.grad_fn).__name__
+    data = image_tasks(TASKS, SHOTS)
+    leaves = [*params.values(), *g_map.parameters()]
+    weights = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    out = mo.map_tasks(task, *data, model=model, params=[model, g_map], strategy=strategy)  # type: ignore[arg-type]
+    assert "PrecomputedBackward" in type(out.grad_fn).__name__
+    ref = mo.map_tasks(task, *data, model=model, strategy="loop")
+    torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
+    expected, got = _grads((weights * ref).sum(), leaves), _grads((weights * out).sum(), leaves)
+    assert float((got - expected).norm() / expected.norm()) < 1e-9
 
 
-def test_higher_order_meta_gradients_are_refused() -> None:
+class _Sentinel:
+    pass
+
+
+class _Mark(torch.autograd.Function):
+    """Identity that parks a sentinel on its graph node: the sentinel lives as long as the graph."""
+
+    generate_vmap_rule = True
+    refs: ClassVar[list[weakref.ref]] = []
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:  # type: ignore[override]
+        ctx.sentinel = _Sentinel()
+        _Mark.refs.append(weakref.ref(ctx.sentinel))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "frees"),
+    [
+        ({"strategy": "loop"}, False),  # the plain loop keeps every task's graph for backward()
+        ({"strategy": "loop", "params": True}, True),
+        ({"chunk_size": 1, "params": True}, True),
+    ],
+    ids=["loop", "params-loop", "params-chunk-1"],
+)
+def test_params_frees_each_tasks_graph_before_the_next_task(kwargs: dict, frees: bool) -> None:
+    """The memory-saving mode: with ``params`` a task's graph is gone when the next task starts."""
+    model = conv4(norm="group")
+    params = dict(model.named_parameters())
+    g_map = Diagonal(model).double()
+    inner = _task_fn(model, g_map, params, {}, torch.tensor(0.1).double())
+    live: list[int] = []
+
+    def task(*slices: Tensor) -> Tensor:
+        gc.collect()
+        live.append(sum(ref() is not None for ref in _Mark.refs))
+        return _Mark.apply(inner(*slices))
+
+    _Mark.refs.clear()
+    meta = [model, g_map] if kwargs.pop("params", False) else None
+    out = mo.map_tasks(task, *image_tasks(TASKS, SHOTS), model=model, params=meta, **kwargs)
+    assert len(live) == TASKS
+    assert live == ([0] * TASKS if frees else list(range(TASKS)))
+    out.sum().backward()  # and the result still backpropagates
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("strategy", ["auto", "loop"])
+def test_higher_order_meta_gradients_are_refused(strategy: str) -> None:
     model = conv4(norm="batch")
     params = dict(model.named_parameters())
     g_map = Diagonal(model).double()
     task = _task_fn(model, g_map, params, {}, torch.tensor(0.1).double())
-    out = mo.map_tasks(task, *image_tasks(TASKS, SHOTS), model=model, params=[model, g_map])
+    out = mo.map_tasks(
+        task,
+        *image_tasks(TASKS, SHOTS),
+        model=model,
+        params=[model, g_map],
+        strategy=strategy,  # type: ignore[arg-type]
+    )
     with pytest.raises(RuntimeError, match=r"cannot be differentiated again \(create_graph=True"):
         torch.autograd.grad(out.mean(), list(params.values()), create_graph=True)
 
 
-def test_a_tensor_requiring_grad_missing_from_params_is_refused() -> None:
+@pytest.mark.parametrize("strategy", ["auto", "loop"])
+def test_a_tensor_requiring_grad_missing_from_params_is_refused(strategy: str) -> None:
     model = conv4(norm="batch")
     params = dict(model.named_parameters())
     g_map = perturbed(Diagonal(model), scale=0.1)
@@ -161,7 +240,7 @@ def test_a_tensor_requiring_grad_missing_from_params_is_refused() -> None:
     with pytest.raises(
         ValueError, match=r"depends on a tensor that requires grad but is not named"
     ):
-        mo.map_tasks(task, *image_tasks(TASKS, SHOTS), model=model, params=model)
+        mo.map_tasks(task, *image_tasks(TASKS, SHOTS), model=model, params=model, strategy=strategy)  # type: ignore[arg-type]
 
 
 def test_a_meta_parameter_passed_straight_into_a_transform_is_refused() -> None:
