@@ -17,7 +17,8 @@ Methods:
   per task (TorchOpt's MAML example);
 * ``mirroropt <map>``: ``mirroropt.adapt`` + ``mirroropt.map_tasks`` (with BatchNorm: its exact
   ``vmap``, the affine part split out; ``identity loop``: ``strategy="loop"``; ``identity
-  params``: ``params=[model, map, z0]``, the per-task meta-gradients inside ``vmap``);
+  params``: ``params=[model, map, z0]``, the per-task meta-gradients inside ``vmap``;
+  ``diagonal params loop``: ``params`` with ``strategy="loop"``, the memory-saving mode);
 * ``via higher <map>``: ``higher.innerloop_ctx(model, mirroropt.integrations.higher.MirrorDescent)``;
 * ``via MirrorMAML <map>``: ``MirrorMAML(model, map).clone()`` + ``learner.adapt`` per task.
 
@@ -261,6 +262,10 @@ def build(
         if name == "diagonal":
             methods["mirroropt diagonal FO chunk 1"] = (
                 functional(model, g_map, z0, tasks, lr, k, chunk_size=1, first_order=True),
+                leaves,
+            )
+            methods["mirroropt diagonal params loop"] = (  # the memory-saving mode
+                functional(model, g_map, z0, tasks, lr, k, use_params=True, strategy="loop"),
                 leaves,
             )
     return methods

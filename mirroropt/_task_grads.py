@@ -1,4 +1,5 @@
-r"""Exact per-task meta-gradients inside ``vmap``, handed back to ``loss.backward()``.
+r"""Exact per-task meta-gradients (inside ``vmap``, or one task at a time), handed back to
+``loss.backward()``.
 
 On torch 2.13 the *outer* gradient of a vmapped inner loop through batch-statistics layers is
 wrong (``grad(vmap(task))``: 5.8e-3 relative error on a float64 Conv4-BN with two inner steps),
@@ -14,6 +15,10 @@ and returns :math:`(\ell_1, \dots, \ell_B)` as a tensor whose ``grad_fn`` is an 
 with backward :math:`\bar\theta = \sum_i \bar\ell_i G_i`. A user's
 ``map_tasks(...).mean().backward()`` thus fills ``.grad`` of every tensor in ``params`` exactly as
 the per-task loop would.
+
+With ``loop=True`` (``map_tasks(..., strategy="loop")``) each task's :math:`G_i` comes from an
+eager ``torch.autograd.grad`` instead, one task at a time: its graph is freed before the next
+task runs, so the peak memory is one task's (the memory-saving mode; ``benchmarks/memory.py``).
 
 ``fn`` closes over the meta-parameters, as in the per-task loop; a
 :class:`torch.overrides.TorchFunctionMode` substitutes each tensor named in ``params`` by its
