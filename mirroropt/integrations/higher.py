@@ -58,7 +58,11 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
     :math:`z_k` lives in ``self.state[group][i]["z"]`` *with its graph* (not detached), so the
     meta-gradient of a query loss flows through all steps to :math:`\phi_0` (the model's weights
     with ``copy_initial_weights=False``), to a tensor ``lr`` passed via ``override``, and to the
-    map's own parameters. The map is read by reference from ``opt.mirror_map`` (``higher``
+    map's own parameters. A linear map (:class:`~mirroropt.maps.Identity`,
+    :class:`~mirroropt.maps.Diagonal`, :class:`~mirroropt.maps.Kronecker`, …) with scalar step
+    sizes steps in the primal instead, :math:`\phi_{k+1} = \phi_k - \alpha\, g(\nabla L)`: the same
+    iterates without :math:`z_0 = \nabla h(\phi_0)` and its backward per task, and no ``"z"`` in
+    the state (it is :math:`\nabla h(\phi_k)`: ``mirror_map.to_dual`` of the fast weights). The map is read by reference from ``opt.mirror_map`` (``higher``
     deep-copies ``param_groups`` and detaches optimizer state, so a map stored there would lose its
     meta-gradients; a module found in a param group is refused).
 
@@ -134,6 +138,7 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
             [names[p] for p in group["params"]] for group in other.param_groups
         ]
         self._started = False
+        self._primal = False
         self._prepared: _Prepared | None = None
 
     def _update(self, grouped_grads: list[list[Tensor | None]], **kwargs: Any) -> None:
@@ -149,23 +154,38 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
                 lrs[name] = group["lr"]
         if self.check_finite:
             _check_finite(grads, "The gradient of the inner loss")
+        lr = as_tensor_lr(lrs, phi)
+        # mirror_map.prepared() once per inner loop (per innerloop_ctx), not once per step
+        self._prepared = _cached_primal(self.mirror_map, self._prepared)
+        to_primal = self._prepared[0]
+        names = self.mirror_map.names
         if not self._started:
-            z = F.init(self.mirror_map, phi)
             self._started = True
+            # a linear map with scalar step sizes steps in the primal: g(z_k − α∇L) =
+            # φ_k − α g(∇L), the same iterates without z₀ = ∇h(φ₀) (F._steps_in_primal)
+            self._primal = F._steps_in_primal(self.mirror_map, lr)
+            z = None if self._primal else F.init(self.mirror_map, phi)
+        elif self._primal:
+            z = None
         else:
             z = {
                 name: self.state[gi][pi]["z"]
                 for gi, group_names in enumerate(self._group_names)
                 for pi, name in enumerate(group_names)
             }
-        z_new = F.step(self.mirror_map, z, grads, as_tensor_lr(lrs, phi))
-        # mirror_map.prepared() once per inner loop (per innerloop_ctx), not once per step
-        self._prepared = _cached_primal(self.mirror_map, self._prepared)
-        phi_new = self._prepared[0](z_new)
+        if z is None and not F._steps_in_primal(self.mirror_map, lr):
+            # a step size turned per-coordinate mid-loop (override): continue in the dual
+            self._primal, z = False, F.init(self.mirror_map, phi)
+        if z is None:
+            phi_new = F._step(names, phi, to_primal(grads), lr)
+        else:
+            z_new = F.step(self.mirror_map, z, grads, lr)
+            phi_new = to_primal(z_new)
         for gi, (group, group_names) in enumerate(zip(self.param_groups, self._group_names)):
             for pi, name in enumerate(group_names):
-                z_k = z_new[name]
-                self.state[gi][pi]["z"] = z_k if self._track_higher_grads else z_k.detach()
+                if z is not None:
+                    z_k = z_new[name]
+                    self.state[gi][pi]["z"] = z_k if self._track_higher_grads else z_k.detach()
                 group["params"][pi] = phi_new[name]
 
 

@@ -136,7 +136,7 @@ def test_dual_state_keeps_its_graph_across_steps() -> None:
 def test_test_mode_detaches_the_dual_state() -> None:
     model = make_model()
     x_s, y_s, _, _ = (t[0] for t in make_tasks())
-    opt = MirrorDescent(model.named_parameters(), MAP_BUILDERS["diagonal"](model), lr=LR)
+    opt = MirrorDescent(model.named_parameters(), MAP_BUILDERS["coupled"](model), lr=LR)
     with higher.innerloop_ctx(model, opt, track_higher_grads=False) as (fmodel, diffopt):
         diffopt.step(F.mse_loss(fmodel(x_s), y_s))
         diffopt.step(F.mse_loss(fmodel(x_s), y_s))
@@ -203,3 +203,70 @@ def test_maps_keep_working_for_plain_mirror_descent_after_registration() -> None
     assert_equal(list(model.parameters()), list(reference.parameters()))
     assert isinstance(mirroropt.MirrorDescent, type) and MirrorDescent is mirroropt.MirrorDescent
     assert isinstance(Identity(model), MirrorMap)
+
+
+@pytest.mark.parametrize("lr", ["number", "tensor"])
+def test_a_linear_map_steps_in_the_primal_with_the_dual_loops_iterates_and_meta_gradients(
+    lr: str,
+) -> None:
+    """Diagonal with a scalar step size: φ_{k+1} = φ_k − α g(∇L), no z in the state, and the same
+    fast weights and meta-gradients as the dual loop z_{k+1} = z_k − α∇L, φ = g(z) written out."""
+    tasks = make_tasks()
+    model = make_model()
+    mirror_map = MAP_BUILDERS["diagonal"](model)
+    step = torch.tensor(LR, dtype=torch.float64, requires_grad=True) if lr == "tensor" else LR
+    override = {"lr": [step]} if lr == "tensor" else None
+    opt = MirrorDescent(model.named_parameters(), mirror_map, lr=LR)
+    wrt = [*meta_params(model, mirror_map), *([step] if lr == "tensor" else [])]
+    fast, grads = higher_meta_grads(model, opt, tasks, wrt, override=override)
+    with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+        diffopt.step(F.mse_loss(fmodel(tasks[0][0]), tasks[1][0]))
+        assert all("z" not in diffopt.state[0][i] for i in range(4))
+
+    names = mirror_map.names
+    total = torch.zeros((), dtype=torch.float64)
+    expected_fast = []
+    for x_s, y_s, x_q, y_q in zip(*tasks):
+        phi = dict(model.named_parameters())
+        z = mirror_map.to_dual(phi)
+        for _ in range(STEPS):
+            loss = F.mse_loss(torch.func.functional_call(model, phi, (x_s,)), y_s)
+            g = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
+            z = {n: z[n] - step * gi for n, gi in zip(names, g)}
+            phi = mirror_map.to_primal(z)
+        expected_fast.append([phi[n] for n in names])
+        total = total + F.mse_loss(torch.func.functional_call(model, phi, (x_q,)), y_q)
+    expected = list(torch.autograd.grad(total, wrt))
+    for a, b in zip(fast, expected_fast):
+        assert_close(a, b)
+    assert_close(grads, expected)
+
+
+def test_a_step_size_turned_per_coordinate_mid_loop_continues_in_the_dual() -> None:
+    """Primal stepping needs a scalar step size; one set per coordinate later (by the user, on a
+    param group) switches to z = ∇h(φ_k) and the dual loop, with the dual loop's iterates."""
+    x_s, y_s, _, _ = (t[0] for t in make_tasks())
+    model = make_model()
+    mirror_map = MAP_BUILDERS["diagonal"](model)
+    named = list(model.named_parameters())
+    opt = MirrorDescent([{"params": [pair]} for pair in named], mirror_map, lr=LR)
+    gen = torch.Generator().manual_seed(5)
+    per_coord = {n: LR * (1 + torch.rand(p.shape, generator=gen, dtype=p.dtype)) for n, p in named}
+    with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+        for k in range(STEPS):
+            if k == 1:
+                for group, (n, _) in zip(diffopt.param_groups, named):
+                    group["lr"] = per_coord[n]
+            diffopt.step(F.mse_loss(fmodel(x_s), y_s))
+        got = list(fmodel.parameters())
+        assert all("z" in diffopt.state[i][0] for i in range(len(named)))
+
+    names = mirror_map.names
+    phi = dict(named)
+    z = mirror_map.to_dual(phi)
+    for k in range(STEPS):
+        loss = F.mse_loss(torch.func.functional_call(model, phi, (x_s,)), y_s)
+        g = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
+        z = {n: z[n] - (LR if k == 0 else per_coord[n]) * gi for n, gi in zip(names, g)}
+        phi = mirror_map.to_primal(z)
+    assert_close(got, [phi[n] for n in names])
