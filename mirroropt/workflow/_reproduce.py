@@ -788,7 +788,8 @@ def results_report(
             }
             for m in METHODS
         }
-        if not any(per_method.values()) and not any(tuning.values()):
+        growing = any(runs.record(j) for m in METHODS for j in runs.tune_jobs(setting, m))
+        if not any(per_method.values()) and not any(tuning.values()) and not growing:
             continue
         section, info = _setting_report(runs, setting, per_method, tuning)
         parts.append(section)
@@ -1021,7 +1022,13 @@ def _status(runs: _Runs, setting: Setting, method: Method) -> str:
     for seed in runs.protocol.seeds[1:]:
         final = runs.final_job(setting, method, seed)
         done += final is not None and (runs.done(final) or runs.diverged_early(final))
-    return "not run" if done == 0 else f"{done} of {total} runs ended"
+    budget = runs.protocol.budget(setting)
+    if done:
+        return f"{done} of {total} runs ended at {budget} meta-iterations"
+    ran = [rec["config"]["iterations"] for rec in map(runs.record, jobs) if rec is not None]
+    if ran:  # runs at a smaller budget, growing (their rows come back when they end)
+        return f"not yet at {budget} meta-iterations (ran {max(ran)} before)"
+    return "not run"
 
 
 def _plot_setting(
