@@ -164,12 +164,14 @@ def map_tasks(
     **Per-task meta-gradients** (``params``: every tensor or module the meta-gradient is wanted
     for: the backbone, the map, a learned ``z0`` or ``lr``). The per-task meta-gradients
     :math:`G_i = \nabla_\theta \ell_i` are computed *in the forward* (``vmap(grad(task))`` in
-    chunks of ``chunk_size``, or with ``strategy="loop"`` ``grad(task)`` one task at a time) and
-    handed back by an autograd Function, so ``map_tasks(...).mean().backward()`` fills ``.grad``
-    as the loop would, for any model. Each chunk's graph is freed before the next chunk runs:
-    this is the **memory-saving mode** — with ``strategy="loop"`` (or ``chunk_size=1``) the peak
-    is one task's, like a per-task ``backward()`` (``benchmarks/memory.py``,
-    ``docs/performance.md``), where the default keeps every task's graph until the backward.
+    chunks of ``chunk_size``, or with ``strategy="loop"`` an eager ``torch.autograd.grad`` of one
+    task at a time) and handed back by an autograd Function, so
+    ``map_tasks(...).mean().backward()`` fills ``.grad`` as the loop would, for any model. Each
+    chunk's graph is freed before the next chunk runs, where the default keeps every task's
+    graph until the backward: with ``strategy="loop"`` this is the **memory-saving mode**, whose
+    peak is one task's, like a per-task ``backward()`` (vmapped chunks of one hold about twice
+    that: ``torch.func.grad`` keeps its backward's graph; ``benchmarks/memory.py``,
+    ``docs/performance.md``).
     ``fn`` must then return a scalar loss, or ``(loss, aux)`` with ``aux`` returned detached, and
     the result supports one backward (no ``create_graph=True``). Slower than the default
     (``docs/performance.md``); BatchNorm that updates running statistics is refused.

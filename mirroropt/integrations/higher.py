@@ -60,9 +60,10 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
     with ``copy_initial_weights=False``), to a tensor ``lr`` passed via ``override``, and to the
     map's own parameters. A linear map (:class:`~mirroropt.maps.Identity`,
     :class:`~mirroropt.maps.Diagonal`, :class:`~mirroropt.maps.Kronecker`, …) with scalar step
-    sizes steps in the primal instead, :math:`\phi_{k+1} = \phi_k - \alpha\, g(\nabla L)`: the same
-    iterates without :math:`z_0 = \nabla h(\phi_0)` and its backward per task, and no ``"z"`` in
-    the state (it is :math:`\nabla h(\phi_k)`: ``mirror_map.to_dual`` of the fast weights). The map is read by reference from ``opt.mirror_map`` (``higher``
+    sizes steps in the primal instead, :math:`\phi_{k+1} = \phi_k - \alpha\, g(\nabla L)`: the
+    same iterates without :math:`z_0 = \nabla h(\phi_0)` and its backward per task, and no
+    ``"z"`` in the state (it is :math:`\nabla h(\phi_k)`, ``mirror_map.to_dual`` of the fast
+    weights). The map is read by reference from ``opt.mirror_map`` (``higher``
     deep-copies ``param_groups`` and detaches optimizer state, so a map stored there would lose its
     meta-gradients; a module found in a param group is refused).
 
@@ -174,7 +175,7 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
                 for pi, name in enumerate(group_names)
             }
         if z is None and not F._steps_in_primal(self.mirror_map, lr):
-            # a step size turned per-coordinate mid-loop (override): continue in the dual
+            # a param group's lr set per coordinate mid-loop: continue in the dual
             self._primal, z = False, F.init(self.mirror_map, phi)
         if z is None:
             phi_new = F._step(names, phi, to_primal(grads), lr)

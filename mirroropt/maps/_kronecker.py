@@ -165,6 +165,10 @@ def _grouped_mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
     return torch.matmul(factor.unsqueeze(1), x)  # middle of three: [T, 1, I, I] @ [T, O, I, K]
 
 
+#: Per group of equal-shape tensors: (names, shape, factors per mode, stacked for groups of two+).
+_Plan = list[tuple[list[str], torch.Size, list[Tensor]]]
+
+
 @final
 class Kronecker(MirrorMap):
     r"""Kronecker-factored SPD map, per layer: :math:`g(z) = z \times_1 A_{out} \times_2 A_{in} \times_3 A_k`.
@@ -319,7 +323,7 @@ class Kronecker(MirrorMap):
                 out[name][j] = a
         return out
 
-    def _plan(self, inverse: bool) -> list[tuple[list[str], torch.Size, list[Tensor]]]:
+    def _plan(self, inverse: bool) -> _Plan:
         """The factors of every tensor, those of equal-shape tensors stacked (one product per group).
 
         A group of several tensors (the three inner conv kernels of a Conv4, its biases and norm
@@ -338,9 +342,7 @@ class Kronecker(MirrorMap):
                 plan.append((names, shape, stacked))
         return plan
 
-    def _precondition(
-        self, params: Mapping[str, Tensor], plan: list[tuple[list[str], torch.Size, list[Tensor]]]
-    ) -> Params:
+    def _precondition(self, params: Mapping[str, Tensor], plan: _Plan) -> Params:
         out: Params = {}
         for names, shape, factors in plan:
             sizes = _mode_sizes(shape)
