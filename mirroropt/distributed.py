@@ -147,6 +147,8 @@ def sharded_mean(
     *tasks: Tensor,
     model: nn.Module | None,
     strategy: Literal["auto", "vmap", "loop"] = "auto",
+    params: Any = None,
+    chunk_size: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> Tensor:
@@ -161,14 +163,17 @@ def sharded_mean(
         fn: per-task loss ``fn(*task_slices) -> scalar tensor`` (adapt on the support set, return
             the query loss).
         tasks: the whole meta-batch, the same on every rank (leading dimension B).
-        model, strategy: as for :func:`mirroropt.map_tasks`.
+        model, strategy, params, chunk_size: as for :func:`mirroropt.map_tasks` (``params`` with
+            ``strategy="loop"``: the memory-saving mode, one task's graph alive at a time).
         rank, world_size: override the default process group's.
 
     Raises:
         ValueError: as :func:`shard_tasks`, or if ``fn`` does not return scalars.
     """
     local = shard_tasks(*tasks, rank=rank, world_size=world_size)
-    losses = map_tasks(fn, *local, model=model, strategy=strategy)
+    losses = map_tasks(
+        fn, *local, model=model, strategy=strategy, params=params, chunk_size=chunk_size
+    )
     if not isinstance(losses, Tensor) or losses.dim() != 1:
         raise ValueError(
             f"`fn` must return a scalar tensor per task, got "

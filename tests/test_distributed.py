@@ -121,6 +121,38 @@ def test_shares_sum_to_the_meta_batch_mean() -> None:
     assert torch.equal(local, x[4:])
 
 
+def test_the_memory_saving_mode_passes_through_and_its_shares_sum_to_the_meta_gradient() -> None:
+    """``params`` + ``strategy="loop"`` (one task's graph at a time) on each rank's block: the
+    ranks' gradients sum to the one-process meta-gradient of the plain path."""
+    model = make_model()
+    mirror_map = MAPS["kronecker"](model)
+    wrt = [*model.parameters(), *mirror_map.parameters()]
+
+    def task_loss(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
+        def support(p: dict[str, Tensor]) -> Tensor:
+            return F.mse_loss(functional_call(model, p, (x_s,)), y_s)
+
+        phi = mirroropt.adapt(mirror_map, support, dict(model.named_parameters()), lr=0.3, steps=2)
+        return F.mse_loss(functional_call(model, phi, (x_q,)), y_q)
+
+    tasks = make_tasks(TASKS, seed=3)
+    expected = torch.autograd.grad(md.sharded_mean(task_loss, *tasks, model=model), wrt)
+    summed = [torch.zeros_like(p) for p in wrt]
+    for rank in range(2):
+        share = md.sharded_mean(
+            task_loss, *tasks, model=model, strategy="loop", params=[model, mirror_map],
+            rank=rank, world_size=2,
+        )  # fmt: skip
+        node, names = share.grad_fn, list[str]()  # share = losses.sum() / B: two nodes down
+        while node is not None and len(names) < 3:
+            names.append(type(node).__name__)
+            node = node.next_functions[0][0] if node.next_functions else None
+        assert any("PrecomputedBackward" in n for n in names), names
+        summed = [a + b for a, b in zip(summed, torch.autograd.grad(share, wrt))]
+    for got, want in zip(summed, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_without_a_process_group_it_is_one_process() -> None:
     assert md.rank_and_world_size() == (0, 1)
     p = torch.ones(2, requires_grad=True)
