@@ -103,9 +103,7 @@ def child(args: argparse.Namespace) -> None:
         for p in leaves:
             p.grad = None
         if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+            base = peers.cuda_peak_reset()
         else:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             base = _kib("VmRSS")

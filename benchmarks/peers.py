@@ -271,6 +271,13 @@ def build(
     return methods
 
 
+def cuda_peak_reset() -> int:
+    """Synchronize, reset CUDA's peak-memory counter and return the memory allocated now."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
 def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -285,9 +292,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         for p in leaves:
             p.grad = None
         if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+            base = cuda_peak_reset()
         start = clock()
         step()
         if cuda:

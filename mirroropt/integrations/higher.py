@@ -160,12 +160,13 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
         self._prepared = _cached_primal(self.mirror_map, self._prepared)
         to_primal = self._prepared[0]
         names = self.mirror_map.names
-        if not self._started:
-            self._started = True
-            # a linear map with scalar step sizes steps in the primal: g(z_k − α∇L) =
-            # φ_k − α g(∇L), the same iterates without z₀ = ∇h(φ₀) (F._steps_in_primal)
-            self._primal = F._steps_in_primal(self.mirror_map, lr)
-            z = None if self._primal else F.init(self.mirror_map, phi)
+        # a linear map with scalar step sizes steps in the primal: g(z_k − α∇L) = φ_k − α g(∇L),
+        # the same iterates without z₀ = ∇h(φ₀) (F._steps_in_primal); a param group's lr set per
+        # coordinate mid-loop continues in the dual from z = ∇h(φ_k)
+        primal = F._steps_in_primal(self.mirror_map, lr)
+        if not self._started or (self._primal and not primal):
+            self._started, self._primal = True, primal
+            z = None if primal else F.init(self.mirror_map, phi)
         elif self._primal:
             z = None
         else:
@@ -174,9 +175,6 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
                 for gi, group_names in enumerate(self._group_names)
                 for pi, name in enumerate(group_names)
             }
-        if z is None and not F._steps_in_primal(self.mirror_map, lr):
-            # a param group's lr set per coordinate mid-loop: continue in the dual
-            self._primal, z = False, F.init(self.mirror_map, phi)
         if z is None:
             phi_new = F._step(names, phi, to_primal(grads), lr)
         else:
