@@ -673,7 +673,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     (out / "history.json").write_text(json.dumps(run.history))
     plot_training({cfg.map: run.history}, out / "training.png")
-    print(f"trained {len(run.history)} iterations in {run.seconds:.1f} s; checkpoint {ckpt}")
+    total = "" if run.total_seconds is None else f", {run.total_seconds:.1f} s in all its calls"
+    done = len(run.history)
+    trained = (
+        f"trained iterations {run.start_iteration + 1}–{done}"
+        if done > run.start_iteration
+        else f"nothing left to train ({done} iterations done)"
+    )
+    print(f"{trained} in {run.seconds:.1f} s{total}; checkpoint {ckpt}")
     if run.validation:
         print(f"selected iteration {run.best_iteration} (meta-val {run.best_value:.4f} at k = K)")
     if args.eval_tasks:

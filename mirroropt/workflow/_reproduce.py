@@ -428,6 +428,7 @@ def _run_job(
     segments = list(previous.get("segments", []))
     record: dict[str, Any] = {"method": job.method.label, "job": job.name}
     try:
+        begun = int(load_checkpoint(ckpt)["iteration"]) if ckpt.is_file() else 0
         t_train = time.perf_counter()
         try:
             run = train(
@@ -437,7 +438,15 @@ def _run_job(
             record["diverged"] = {"iteration": _stopped_at(str(err)), "error": str(err)}
             run = _best_before_divergence(ckpt, device, err)
             run.seconds = time.perf_counter() - t_train
-        segments.append({"to": run.history[-1]["iteration"], "seconds": run.seconds})
+            run.start_iteration = begun
+        segments.append(
+            {
+                "from": run.start_iteration,
+                "to": run.history[-1]["iteration"],
+                "seconds": run.seconds,
+            }
+        )
+        train_seconds, untimed = _timing(segments, run.total_seconds)
         learner = run.best_learner()
         evals, t0 = {}, time.perf_counter()
         for shots in job.setting.eval_shots or (cfg.k_shot,):
@@ -462,7 +471,8 @@ def _run_job(
             status="ok",
             config=cfg.to_dict(),
             segments=segments,
-            train_seconds=sum(s["seconds"] for s in segments),
+            train_seconds=train_seconds,
+            untimed_iterations=untimed,
             eval_seconds=time.perf_counter() - t0,
             validation=run.validation,
             best_iteration=run.best_iteration,
@@ -482,6 +492,27 @@ def _run_job(
     tmp = folder / "record.json.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, folder / "record.json")
+
+
+def _timing(segments: Sequence[dict[str, Any]], total: float | None) -> tuple[float, int]:
+    """A run's training time and the number of its iterations that time does not cover.
+
+    ``total`` (the checkpoint's own sum over resumes, :attr:`TrainResult.total_seconds`) is
+    exact when known. Otherwise (a checkpoint from before checkpoints carried it) the time is
+    the sum of the recorded calls' ``segments``, and an interrupted call leaves a gap: its
+    iterations, kept in the checkpoint but never recorded, show as a segment starting past the
+    previous one's end (``from`` > the previous ``to``; segments written before segments
+    carried ``from`` are taken as contiguous). Those are counted as untimed, so a report can
+    say "at least" instead of under-reporting.
+    """
+    if total is not None:
+        return total, 0
+    untimed, end = 0, 0
+    for segment in segments:
+        start = int(segment.get("from", end))
+        untimed += max(0, start - end)
+        end = int(segment["to"])
+    return sum(float(s["seconds"]) for s in segments), untimed
 
 
 def _stopped_at(message: str) -> int:
@@ -508,6 +539,7 @@ def _best_before_divergence(ckpt: Path, device: str | None, error: NonFiniteErro
         validation=list(latest["validation"]),
         best_iteration=int(best["best"]["iteration"]),
         best_value=float(best["best"]["value"]),
+        total_seconds=latest.get("train_seconds"),  # the time behind the kept history
     )
 
 
@@ -861,7 +893,10 @@ def _header(out: Path, protocol: Protocol, command: str, shown: Sequence[Setting
         "diverges beyond the training horizon); 'diverged at N' after a best iteration: training "
         "turned non-finite at meta-iteration N and the run is its best checkpoint before that. "
         "'train min/seed' is wall time on a shared machine (other work ran alongside): not a "
-        "speed comparison (see docs/performance.md for that).",
+        "speed comparison (see docs/performance.md for that); '≥' where some of a run's "
+        "iterations were trained by an interrupted call whose time was not recorded (runs begun "
+        "before checkpoints carried their training time; per seed: `untimed_iterations` in "
+        "results.json).",
         "",
         "Reading these numbers: FontGlot's meta-test split is Ethiopic-heavy and easier than "
         "Omniglot's (docs/data.md); budgets here are CPU budgets, far below the papers' 60k "
@@ -929,6 +964,7 @@ def _setting_report(
                         "best_iteration": recs[s]["best_iteration"],
                         "best_value": recs[s]["best_value"],
                         "train_seconds": recs[s]["train_seconds"],
+                        "untimed_iterations": recs[s].get("untimed_iterations", 0),
                         "diverged_at": (recs[s].get("diverged") or {}).get("iteration"),
                     }
                     for s in seeds
@@ -961,6 +997,9 @@ def _setting_report(
                 for s in seeds
             )
             minutes = sum(recs[s]["train_seconds"] for s in seeds) / 60 / len(seeds)
+            untimed = sum(recs[s].get("untimed_iterations", 0) for s in seeds)
+            # an interrupted call's iterations whose time was not recorded: a lower bound
+            train_min = f"≥ {minutes:.1f}" if untimed else f"{minutes:.1f}"
             mlr = "—" if value is None else f"{value:g}"
             if value is not None and len(runs.protocol.grid) > 1:
                 if value in (min(runs.protocol.grid), max(runs.protocol.grid)):
@@ -974,7 +1013,7 @@ def _setting_report(
             lines.append(
                 f"| {method.label} | {n_seeds} | {mlr} | "
                 + " | ".join(cells)
-                + f" | {deltas[0]} | {deltas[1]} | {best_its} | {minutes:.1f} |"
+                + f" | {deltas[0]} | {deltas[1]} | {best_its} | {train_min} |"
             )
             info["methods"].setdefault(shots, {})[method.key] = entry
         lines.append("")

@@ -153,6 +153,14 @@ class TrainResult:
     """What :func:`train` returns: the learner, its benchmark, and one log row per iteration.
 
     Attributes:
+        seconds: wall time of this call's training loop (meta-steps and meta-validation).
+        start_iteration: the iteration this call started from (the checkpoint's, with
+            ``resume``; else 0).
+        total_seconds: wall time of every training loop that produced the returned weights,
+            across resumes: carried in the checkpoint up to its iteration (the work of an
+            interrupted call after its last checkpoint is redone and timed again, not counted
+            twice); ``None`` when resumed from a checkpoint written before checkpoints carried
+            it (mirroropt 0.1), whose earlier time is unknown.
         validation: one row ``{"iteration", "value"}`` per meta-validation (``val_every``).
         best_iteration, best_value: the selected iteration (best meta-validation metric at
             k = K; the earliest on ties) and its value; ``0``/``nan`` without validation.
@@ -169,6 +177,8 @@ class TrainResult:
     best_iteration: int = 0
     best_value: float = math.nan
     best_state: dict[str, Any] | None = None
+    start_iteration: int = 0
+    total_seconds: float | None = 0.0
 
     def best_learner(self) -> MetaLearner:
         """The learner at the selected iteration (the final one without validation)."""
@@ -191,10 +201,13 @@ def save_checkpoint(
     adaptive: AdaptiveMetaStep | None = None,
     validation: list[dict[str, float]] | None = None,
     best: dict[str, float] | None = None,
+    train_seconds: float | None = None,
 ) -> None:
     """Write everything needed to resume exactly: backbone, map, dual init, meta-optimizer,
     adaptive-step state, RNG state, iteration, log, meta-validation log and the best iteration
-    so far, and the number of torch threads (results depend on it in the last bits).
+    so far, and the number of torch threads (results depend on it in the last bits), with the
+    training wall time behind ``iteration`` (``train_seconds``, summed over resumes; ``None``:
+    unknown).
 
     Written atomically (temp file, fsync, rename) with a SHA-256 checksum that
     :func:`load_checkpoint` verifies (see :mod:`mirroropt.workflow._checkpoint`).
@@ -223,6 +236,7 @@ def save_checkpoint(
         "validation": list(validation or []),
         "best": dict(best or {}),
         "threads": torch.get_num_threads(),
+        "train_seconds": train_seconds,
     }
     write_payload(path, payload)
 
@@ -348,6 +362,7 @@ def train(
         AdaptiveMetaStep(cfg.meta_lr, cfg.adaptive_scale) if cfg.meta_step == "adaptive" else None
     )
     start, history = 0, []
+    seconds_before: float | None = 0.0  # training time behind the starting point
     if resume:
         assert checkpoint is not None
         payload = load_checkpoint(checkpoint)
@@ -393,6 +408,8 @@ def train(
             adaptive.load_state_dict(payload["adaptive"])
         torch.set_rng_state(payload["torch_rng"])
         start, history = int(payload["iteration"]), list(payload["history"])
+        # a 0.1 checkpoint has no "train_seconds": the time behind it is unknown from here on
+        seconds_before = payload.get("train_seconds")
         validation, best = list(payload.get("validation", [])), dict(payload.get("best", {}))
         if best and best_path is not None and best_path.is_file():
             best_state = load_checkpoint(best_path)["learner"]
@@ -413,6 +430,11 @@ def train(
         )
 
     saved_at: int | None = start if resume else None
+    t0 = time.perf_counter()
+
+    def elapsed() -> float | None:
+        """Training time behind the current iteration, over every resume (None: unknown)."""
+        return None if seconds_before is None else seconds_before + time.perf_counter() - t0
 
     def save(path: Path | str | os.PathLike[str], done: int) -> None:
         nonlocal saved_at
@@ -430,12 +452,13 @@ def train(
             adaptive=adaptive,
             validation=validation,
             best=best,
+            train_seconds=elapsed(),
         )
         if path == checkpoint:
             saved_at = done
 
     bar = _progress(range(start, cfg.iterations), progress, cfg, start)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # again: the time above is setup, not training
     for it in bar:
         try:
             value, metric, stopping = _meta_step(
@@ -486,6 +509,7 @@ def train(
             ranks.sync()
             raise TrainingInterrupted(done, Path(checkpoint) if checkpoint is not None else None)
     seconds = time.perf_counter() - t0
+    total = None if seconds_before is None else seconds_before + seconds
     if checkpoint is not None:
         save(checkpoint, max(start, cfg.iterations))
     ranks.sync()
@@ -499,6 +523,8 @@ def train(
         best_iteration=int(best.get("iteration", 0)),
         best_value=float(best.get("value", math.nan)),
         best_state=best_state,
+        start_iteration=start,
+        total_seconds=total,
     )
 
 

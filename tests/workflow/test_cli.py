@@ -141,6 +141,9 @@ def test_train_resume_eval_and_demo_write_their_files(
     )
     history = json.loads((run / "history.json").read_text())
     assert [r["iteration"] for r in history] == [1, 2, 3]
+    out = capsys.readouterr().out
+    assert "trained iterations 1–2 in" in out  # the first call
+    assert "trained iterations 3–3 in" in out and " s in all its calls;" in out  # the resume
     assert (run / "eval.md").read_text().count("|") > 4
     assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
     assert (
