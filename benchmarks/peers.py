@@ -417,9 +417,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--norms", nargs="+", choices=["batch", "group"], default=["group", "batch"]
     )
-    parser.add_argument("--maps", nargs="*", default=sorted(mo.maps.MAPS))
     parser.add_argument(
-        "--integration-maps", nargs="*", default=["identity", "diagonal", "kronecker"]
+        "--maps", nargs="*", choices=sorted(mo.maps.MAPS), default=sorted(mo.maps.MAPS)
+    )
+    parser.add_argument(
+        "--integration-maps",
+        nargs="*",
+        choices=sorted(mo.maps.MAPS),
+        default=["identity", "diagonal", "kronecker"],
     )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     name = args.method.split()
+    known = sorted(peers.mo.maps.MAPS)
+    if name and name[0] in ("mirroropt", "via") and name[-1] not in known:
+        parser.error(f"method: expected a map of {known} after {name[0]!r}, got {args.method!r}")
     args.maps = [name[-1]] if name[0] in ("mirroropt", "via") else []
     args.integration_maps = [name[-1]] if name[0] == "via" else []
     methods = peers.build(args, args.norm, torch.device("cpu"))
