@@ -83,13 +83,18 @@ def plot_curves(
             mean = [factor * m for m in curve["mean"]]
             half = [factor * h for h in curve["ci95"]]
             lower = [m - h for m, h in zip(mean, half)]
+            upper = [m + h for m, h in zip(mean, half)]
             if ax is ax_l:
                 lower = [v if v > 0 else floor for v in lower]
+            else:  # a t-interval over few seeds can pass 0 (accuracy, MSE) or 100% (accuracy)
+                lower = [max(v, 0.0) for v in lower]
+                if first.metric_name == "accuracy":
+                    upper = [min(v, scale) for v in upper]
             (line,) = ax.plot(ks, mean, marker="o", ms=3, label=label)
             ax.fill_between(
                 ks,
                 lower,
-                [m + h for m, h in zip(mean, half)],
+                upper,
                 color=line.get_color(),
                 alpha=0.15,
                 label="95% CI" if i == 0 and ax is ax_m else None,

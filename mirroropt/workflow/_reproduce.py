@@ -823,13 +823,13 @@ def results_report(
         growing = any(runs.record(j) for m in METHODS for j in runs.tune_jobs(setting, m))
         if not any(per_method.values()) and not any(tuning.values()) and not growing:
             continue
-        section, info = _setting_report(runs, setting, per_method, tuning)
-        parts.append(section)
-        shown.append(setting)
-        summary["settings"][setting.key] = info
         png = _plot_setting(setting, per_method, out / "img" / f"{setting.key}.png")
         if png is not None:
             plots.append(png)
+        section, info = _setting_report(runs, setting, per_method, tuning, png)
+        parts.append(section)
+        shown.append(setting)
+        summary["settings"][setting.key] = info
     claims = _claims(summary)
     header = _header(out, protocol, command, shown)
     text = header + _claims_table(claims) + "\n".join(parts)
@@ -920,6 +920,7 @@ def _setting_report(
     setting: Setting,
     per_method: dict[str, dict[int, dict[str, Any]]],
     tuning: dict[str, dict[str, Any]],
+    plot: Path | None = None,
 ) -> tuple[str, dict[str, Any]]:
     accuracy = setting.config["benchmark"] != "sinusoid"
     shots_list = [str(s) for s in setting.eval_shots] or [str(setting.config["k_shot"])]
@@ -927,6 +928,8 @@ def _setting_report(
     maml = per_method.get("maml", {})
     budget = runs.protocol.budget(setting)
     lines = [f"## {setting.title}", "", f"{budget} meta-iterations per run.", ""]
+    if plot is not None:  # img/ sits beside results.md, in the runs folder and the published one
+        lines += [f"![{setting.title}: mean over seeds vs inner steps](img/{plot.name})", ""]
     info: dict[str, Any] = {"budget": budget, "methods": {}}
     for shots in shots_list:
         if len(shots_list) > 1:

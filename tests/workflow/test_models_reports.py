@@ -87,6 +87,21 @@ def test_log_panel_bands_with_an_edge_below_zero_run_to_the_floor_not_vanish(
     assert ys.max() == 1.5  # the upper edges are untouched
 
 
+def test_accuracy_bands_stay_within_0_and_100_percent(tmp_path, monkeypatch) -> None:
+    from mirroropt.workflow import _report
+    from mirroropt.workflow._evaluate import EvalResult
+
+    curve = {"mean": [0.02, 0.5, 0.97], "ci95": [0.05, 0.1, 0.08]}  # edges at -3% and 105%
+    loss = {"mean": [1.0, 0.5, 0.2], "ci95": [0.1, 0.1, 0.1]}
+    seen = {}
+    monkeypatch.setattr(_report, "_save", lambda plt, fig, path: seen.setdefault("fig", fig))
+    _report.plot_curves({"m": EvalResult("accuracy", curve, loss, loss, 10)}, tmp_path / "p.png")
+    (band,) = seen["fig"].axes[0].collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == 0.0 and ys.max() == 100.0
+    assert 60.0 in ys.round(6) and 40.0 in ys.round(6)  # an edge inside the range is untouched
+
+
 def test_plots_carry_title_ci_label_horizon_marker_percent_and_integer_ticks(
     tmp_path, monkeypatch
 ) -> None:

@@ -95,6 +95,11 @@ def test_protocol_tunes_on_validation_runs_seeds_and_reports(tmp_path: Path) -> 
     published = (docs / "results.md").read_text()
     assert "python -m mirroropt reproduce (test)" in published
     assert (docs / "img" / "sinusoid.png").is_file()
+    # the plot is shown under its setting's heading, by a path that resolves beside results.md
+    heading = published.index("## Sinusoid")
+    image = published.index("](img/sinusoid.png)")
+    assert heading < image < published.index("| method |", heading)
+    assert "](img/sinusoid.png)" in (tmp_path / "results.md").read_text()
     assert not (docs / "img" / "fontglot-5w1s.png").exists()  # stale: this report has no FontGlot
     assert (docs / "img" / "logo.png").is_file()  # not the protocol's: left alone
 
