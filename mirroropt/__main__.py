@@ -789,7 +789,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mirroropt.workflow._reproduce import Protocol, reproduce, results_report
+    from mirroropt.workflow._reproduce import Protocol, ProtocolError, reproduce, results_report
 
     if args.report_only:
         if not (Path(args.out) / "protocol.json").is_file():
@@ -798,31 +798,34 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
 
     _out_dir("reproduce", args.out)
-    protocol = Protocol(
-        iterations=args.iterations,
-        sinusoid_iterations=args.sinusoid_iterations,
-        budgets=tuple(args.budget),
-        seeds=tuple(args.seeds),
-        grid=tuple(args.grid),
-        val_every=args.val_every,
-        val_tasks=args.val_tasks,
-        eval_tasks=args.eval_tasks,
-        width=args.width,
-        norm=args.norm,
-        fontglot=args.fontglot,
-    )
     command = "python -m mirroropt " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
-    path = reproduce(
-        args.out,
-        protocol,
-        settings=args.settings,
-        methods=args.methods,
-        workers=args.workers,
-        progress=not args.no_progress,
-        publish=args.publish,
-        command=command,
-        device=args.device,
-    )
+    try:  # a ProtocolError is raised before any run starts: one line, no traceback
+        protocol = Protocol(
+            iterations=args.iterations,
+            sinusoid_iterations=args.sinusoid_iterations,
+            budgets=tuple(args.budget),
+            seeds=tuple(args.seeds),
+            grid=tuple(args.grid),
+            val_every=args.val_every,
+            val_tasks=args.val_tasks,
+            eval_tasks=args.eval_tasks,
+            width=args.width,
+            norm=args.norm,
+            fontglot=args.fontglot,
+        )
+        path = reproduce(
+            args.out,
+            protocol,
+            settings=args.settings,
+            methods=args.methods,
+            workers=args.workers,
+            progress=not args.no_progress,
+            publish=args.publish,
+            command=command,
+            device=args.device,
+        )
+    except ProtocolError as error:
+        raise _fail("reproduce", error) from None
     print(path.read_text())
     return 0
 

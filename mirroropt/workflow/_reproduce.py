@@ -61,12 +61,18 @@ __all__ = [
     "SETTINGS",
     "Method",
     "Protocol",
+    "ProtocolError",
     "Setting",
     "reproduce",
     "results_report",
 ]
 
 EVAL_SEED = 1000  # the test tasks: the same for every method and seed
+
+
+class ProtocolError(ValueError):
+    """A protocol, runs folder or selection that :func:`reproduce` refuses before any run starts
+    (an unknown setting or method, too few seeds, a ``protocol.json`` that disagrees, ...)."""
 
 
 @dataclass(frozen=True)
@@ -204,21 +210,21 @@ class Protocol:
         pairs = tuple((str(k), n) for k, n in self.budgets)  # protocol.json stores lists
         for key, n in pairs:
             if key not in keys:
-                raise ValueError(f"`budgets` names setting {key!r}; choose from {keys}.")
+                raise ProtocolError(f"`budgets` names setting {key!r}; choose from {keys}.")
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"`budgets` of {key!r} must be a positive integer, got {n!r}.")
+                raise ProtocolError(f"`budgets` of {key!r} must be a positive integer, got {n!r}.")
         if len({k for k, _ in pairs}) != len(pairs):
-            raise ValueError(f"`budgets` names a setting twice: {pairs!r}.")
+            raise ProtocolError(f"`budgets` names a setting twice: {pairs!r}.")
         object.__setattr__(self, "budgets", tuple(sorted(pairs)))  # one order in protocol.json
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"`seeds` must be at least 2 distinct seeds, got {self.seeds!r}.")
+            raise ProtocolError(f"`seeds` must be at least 2 distinct seeds, got {self.seeds!r}.")
         if not self.grid or any(not (0 < v < math.inf) for v in self.grid):
-            raise ValueError(f"`grid` must be positive map meta step sizes, got {self.grid!r}.")
+            raise ProtocolError(f"`grid` must be positive map meta step sizes, got {self.grid!r}.")
         for name in ("iterations", "sinusoid_iterations", "val_every", "eval_tasks"):
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be ≥ 1, got {getattr(self, name)!r}.")
+                raise ProtocolError(f"`{name}` must be ≥ 1, got {getattr(self, name)!r}.")
         if self.eval_tasks < 2 or self.val_tasks < 2:
-            raise ValueError("`eval_tasks` and `val_tasks` must be ≥ 2 for an interval.")
+            raise ProtocolError("`eval_tasks` and `val_tasks` must be ≥ 2 for an interval.")
 
     @property
     def tune_seed(self) -> int:
@@ -636,7 +642,8 @@ def reproduce(
         The path of ``results.md``.
 
     Raises:
-        ValueError: on an unknown setting or method, or a ``protocol.json`` that disagrees.
+        ProtocolError: (a ``ValueError``) on an unknown setting or method, or a
+            ``protocol.json`` that disagrees, before any run starts.
     """
     protocol = protocol or Protocol()
     out = Path(out_dir)
@@ -652,7 +659,7 @@ def reproduce(
         known = {m.key for m in METHODS} | {m.map for m in METHODS}
         unknown = sorted(set(methods) - known)
         if unknown:
-            raise ValueError(
+            raise ProtocolError(
                 f"`methods` {unknown} unknown; choose from {sorted(m.key for m in METHODS)}."
             )
     needed = {m.init_from for m in chosen_methods if m.init_from}
@@ -660,7 +667,7 @@ def reproduce(
     protocol = _keep_budgets(out, protocol, chosen_settings)
     _check_protocol(out, protocol)
     if workers < 1:
-        raise ValueError(f"`workers` must be ≥ 1, got {workers}.")
+        raise ProtocolError(f"`workers` must be ≥ 1, got {workers}.")
     started = time.perf_counter()
     finished = False
     try:
@@ -716,7 +723,7 @@ def _select(items: Sequence[Setting], keys: Sequence[str] | None, what: str) -> 
         return list(items)
     unknown = sorted(set(keys) - {s.key for s in items})
     if unknown:
-        raise ValueError(f"`{what}` {unknown} unknown; choose from {[s.key for s in items]}.")
+        raise ProtocolError(f"`{what}` {unknown} unknown; choose from {[s.key for s in items]}.")
     by_key = {s.key: s for s in items}
     return [by_key[k] for k in dict.fromkeys(keys)]  # the caller's order is the run order
 
@@ -745,13 +752,13 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
         new = {k: v for k, v in mine.items() if k not in growing}
         if fixed != new:
             diff = sorted(k for k in new if fixed.get(k) != new[k])
-            raise ValueError(
+            raise ProtocolError(
                 f"`out_dir` {str(out)!r} holds a protocol that differs in {diff}; only the "
                 f"iteration budgets and the grid may grow on a folder. Use another --out."
             )
         dropped = sorted(set(saved["grid"]) - set(mine["grid"]))
         if dropped:
-            raise ValueError(
+            raise ProtocolError(
                 f"`grid` {mine['grid']} drops {dropped} already tuned in {str(out)!r}; the grid "
                 f"only grows (the runs of every value stay part of the selection)."
             )
@@ -759,7 +766,7 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
         for setting in SETTINGS:  # a setting with runs in the folder: its budget only grows
             n, ran = protocol.budget(setting), before.budget(setting)
             if n < ran and (out / setting.key).is_dir():
-                raise ValueError(
+                raise ProtocolError(
                     f"`{protocol.budget_source(setting.key)}` {n} is below the {ran} already "
                     f"run for {setting.key} in {str(out)!r}; budgets only grow."
                 )

@@ -245,3 +245,36 @@ def test_demo_defaults_to_the_protocols_anchored_convex_potential(
     seen.clear()  # another map gets no convex-potential keywords
     assert main([*argv, "--map", "diagonal", "--out", str(tmp_path / "b")]) == 0
     assert seen[1].map == "diagonal" and dict(seen[1].map_kwargs) == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--seeds", "0"], "`seeds` must be at least 2 distinct seeds"),
+        (["--val-tasks", "1"], "`eval_tasks` and `val_tasks` must be ≥ 2"),
+    ],
+)
+def test_reproduce_refuses_a_bad_protocol_in_one_line_before_any_run(
+    tmp_path: Path, extra: list[str], says: str
+) -> None:
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:  # not a traceback: SystemExit with the line
+        main(["reproduce", "--out", str(out), "--no-progress", "--settings", "sinusoid", *extra])
+    message = str(exc.value.code)
+    assert message.startswith("mirroropt reproduce: error: ") and says in message
+    assert "\n" not in message
+    assert not (out / "protocol.json").exists() and not list(out.rglob("record.json"))
+
+
+def test_reproduce_refuses_a_folder_of_another_protocol_in_one_line(tmp_path: Path) -> None:
+    from mirroropt.workflow._reproduce import Protocol
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    saved = Protocol(width=8).to_dict()
+    (out / "protocol.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--out", str(out), "--no-progress", "--settings", "sinusoid"])
+    message = str(exc.value.code)
+    assert message.startswith("mirroropt reproduce: error: `out_dir`") and "['width']" in message
+    assert (out / "protocol.json").read_text() == json.dumps(saved)  # the folder is untouched
