@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mirroropt.workflow import TrainConfig
+    from mirroropt.workflow._reproduce import Protocol
 
 __all__ = ["build_parser", "main"]
 
@@ -788,8 +789,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocol(args: argparse.Namespace) -> Protocol:
+    """``reproduce``'s :class:`Protocol` from its parsed options."""
+    from mirroropt.workflow._reproduce import Protocol
+
+    return Protocol(
+        iterations=args.iterations,
+        sinusoid_iterations=args.sinusoid_iterations,
+        budgets=tuple(args.budget),
+        seeds=tuple(args.seeds),
+        grid=tuple(args.grid),
+        val_every=args.val_every,
+        val_tasks=args.val_tasks,
+        eval_tasks=args.eval_tasks,
+        width=args.width,
+        norm=args.norm,
+        fontglot=args.fontglot,
+    )
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mirroropt.workflow._reproduce import Protocol, ProtocolError, reproduce, results_report
+    from mirroropt.workflow._reproduce import ProtocolError, reproduce, results_report
 
     if args.report_only:
         if not (Path(args.out) / "protocol.json").is_file():
@@ -800,19 +820,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     _out_dir("reproduce", args.out)
     command = "python -m mirroropt " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
     try:  # a ProtocolError is raised before any run starts: one line, no traceback
-        protocol = Protocol(
-            iterations=args.iterations,
-            sinusoid_iterations=args.sinusoid_iterations,
-            budgets=tuple(args.budget),
-            seeds=tuple(args.seeds),
-            grid=tuple(args.grid),
-            val_every=args.val_every,
-            val_tasks=args.val_tasks,
-            eval_tasks=args.eval_tasks,
-            width=args.width,
-            norm=args.norm,
-            fontglot=args.fontglot,
-        )
+        protocol = _protocol(args)
         path = reproduce(
             args.out,
             protocol,

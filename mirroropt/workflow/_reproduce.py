@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import time
 import traceback
@@ -204,6 +205,38 @@ class Protocol:
     checkpoint_every: int = 50
     fontglot: str = ""
     budgets: tuple[tuple[str, int], ...] = ()
+
+    def command(self, out: str | Path = "runs/evidence") -> str:
+        """The ``python -m mirroropt reproduce`` command line that runs this protocol in ``out``.
+
+        Raises:
+            ProtocolError: if a field that has no command-line flag differs from its default
+                (such a protocol is run through :func:`reproduce`).
+        """
+        default = Protocol()
+        unflagged = [
+            f
+            for f in ("eval_steps", "meta_batch", "steps", "lr", "meta_lr", "checkpoint_every")
+            if getattr(self, f) != getattr(default, f)
+        ]
+        if unflagged:
+            raise ProtocolError(f"`{unflagged}` differ from their defaults and have no flag.")
+        parts = [
+            "python -m mirroropt reproduce",
+            f"--out {shlex.quote(str(out))}",
+            f"--iterations {self.iterations}",
+        ]
+        if self.sinusoid_iterations != default.sinusoid_iterations:
+            parts.append(f"--sinusoid-iterations {self.sinusoid_iterations}")
+        parts += [f"--budget {key}={n}" for key, n in self.budgets]
+        for name, flag in (("seeds", "--seeds"), ("grid", "--grid")):
+            if getattr(self, name) != getattr(default, name):
+                parts.append(f"{flag} " + " ".join(f"{v:g}" for v in getattr(self, name)))
+        for name in ("val_every", "val_tasks", "eval_tasks", "width", "norm", "fontglot"):
+            if getattr(self, name) != getattr(default, name):
+                value = shlex.quote(str(getattr(self, name)))
+                parts.append(f"--{name.replace('_', '-')} {value}")
+        return " ".join(parts)
 
     def __post_init__(self) -> None:
         keys = [s.key for s in SETTINGS]
@@ -863,6 +896,23 @@ def _tuning_cell(rec: dict[str, Any]) -> dict[str, Any]:
     return {"best_value": rec.get("best_value"), "diverged_at": diverged.get("iteration")}
 
 
+def _one_command(protocol: Protocol, out: Path) -> list[str]:
+    """The header's lines that give the single command running ``protocol`` from scratch."""
+    try:
+        command = protocol.command(out)
+    except ProtocolError as error:
+        return [f"This protocol was set through the Python API ({error})", ""]
+    return [
+        "From an empty folder, one command runs this whole protocol (resumable; `--workers N` "
+        "trains N runs at a time, `--publish docs` writes this page):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+    ]
+
+
 def _header(out: Path, protocol: Protocol, command: str, shown: Sequence[Setting]) -> str:
     budgets = ", ".join(f"{protocol.budget(s)} ({s.title})" for s in shown) or "none run yet"
     log = out / "invocations.json"
@@ -882,6 +932,7 @@ def _header(out: Path, protocol: Protocol, command: str, shown: Sequence[Setting
         *(commands or ["python -m mirroropt reproduce"]),
         "```",
         "",
+        *_one_command(protocol, out),
         f"Protocol: seeds {list(protocol.seeds)} (map meta step sizes tuned on seed "
         f"{protocol.tune_seed} over {list(protocol.grid)}, chosen by meta-validation); "
         f"meta-iterations per run: {budgets}; meta-batch {protocol.meta_batch}, K = {protocol.steps}, "

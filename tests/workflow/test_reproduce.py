@@ -94,6 +94,8 @@ def test_protocol_tunes_on_validation_runs_seeds_and_reports(tmp_path: Path) -> 
     assert main(["reproduce", "--out", str(tmp_path), "--report-only", "--publish", str(docs)]) == 0
     published = (docs / "results.md").read_text()
     assert "python -m mirroropt reproduce (test)" in published
+    # TINY checkpoints every iteration, which no flag sets: the header says so instead
+    assert "set through the Python API" in published and "checkpoint_every" in published
     assert (docs / "img" / "sinusoid.png").is_file()
     # the plot is shown under its setting's heading, by a path that resolves beside results.md
     heading = published.index("## Sinusoid")
@@ -359,3 +361,46 @@ def test_the_header_lists_every_invocation_and_counts_interrupted_ones(
     first, second = text.index("reproduce --first"), text.index("reproduce --second")
     assert first < second < text.index("Protocol:")  # both, in order, above the protocol line
     assert "(2 invocation(s))" in text
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        Protocol(iterations=1500, budgets=(("fontglot-aug-20w1s", 300),)),
+        Protocol(
+            iterations=7,
+            sinusoid_iterations=9,
+            seeds=(3, 5),
+            grid=(0.5, 0.05),
+            val_every=2,
+            val_tasks=4,
+            eval_tasks=6,
+            width=8,
+            norm="batch",
+            fontglot="my fonts/set.npz",
+        ),
+    ],
+)
+def test_the_one_command_runs_exactly_this_protocol(protocol: Protocol) -> None:
+    import shlex
+
+    from mirroropt.__main__ import _protocol, build_parser
+
+    command = protocol.command("runs/my evidence")
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "mirroropt"]
+    args = build_parser().parse_args(words[3:])
+    assert args.out == "runs/my evidence"
+    assert _protocol(args) == protocol  # the CLI builds the same protocol back
+
+
+def test_a_protocol_without_flags_for_its_fields_says_so_in_the_header(tmp_path: Path) -> None:
+    from mirroropt.workflow._reproduce import ProtocolError, _one_command
+
+    with pytest.raises(ProtocolError, match=r"\['steps'\]"):
+        Protocol(steps=1).command()
+    (line, _) = _one_command(Protocol(steps=1), tmp_path)
+    assert "Python API" in line and "steps" in line
+    lines = _one_command(Protocol(iterations=9), tmp_path)
+    assert lines[0].startswith("From an empty folder, one command runs this whole protocol")
+    assert f"python -m mirroropt reproduce --out {tmp_path} --iterations 9" in lines
