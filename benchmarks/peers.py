@@ -46,6 +46,7 @@ from torch.func import functional_call, grad, vmap
 
 import mirroropt as mo
 from mirroropt.models import Conv4
+from mirroropt.workflow import keep_freed_memory
 
 Tasks = tuple[Tensor, Tensor, Tensor, Tensor]
 Step = Callable[[], None]
@@ -349,7 +350,10 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         f"{args.shots}-shot, {args.queries} queries, meta-batch {args.tasks}, K = {args.steps}, "
         f"{args.device}, {args.rounds} interleaved rounds; ratio = median over rounds of the "
         f"method's time / hand-written torch.func vmap GD's time in the same round; ms = median "
-        f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration.",
+        f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration"
+        + (
+            "; glibc keeps freed memory (`--keep-freed-memory`)." if args.keep_freed_memory else "."
+        ),
         "",
         "| method | "
         + " | ".join(f"{n}: ratio [min–max] | {n}: ms" for n in norms)
@@ -427,7 +431,14 @@ def main(argv: list[str] | None = None) -> None:
         default=["identity", "diagonal", "kronecker"],
     )
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory (mirroropt.workflow.keep_freed_memory, as the CLI does)",
+    )
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory: expected glibc on Linux, got another C library")
     start = time.perf_counter()
     results = {norm: run(args, norm) for norm in args.norms}
     wall = time.perf_counter() - start

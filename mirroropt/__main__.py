@@ -846,6 +846,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _torchrun(args.command)  # refuses to run W copies of eval, demo or reproduce
     import torch
 
+    from mirroropt.workflow._malloc import keep_freed_memory
+
+    keep_freed_memory()  # CPU: no page-fault storm (opt out: MIRROROPT_KEEP_FREED_MEMORY=0)
     torch.set_num_threads(args.threads)
     from mirroropt.workflow._optional import require_matplotlib, require_tqdm
 

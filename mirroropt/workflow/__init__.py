@@ -16,6 +16,7 @@ from __future__ import annotations
 from mirroropt.workflow._checkpoint import CheckpointError
 from mirroropt.workflow._evaluate import EvalResult, evaluate
 from mirroropt.workflow._learner import MetaLearner, TrainConfig, build_learner, meta_loss
+from mirroropt.workflow._malloc import keep_freed_memory
 from mirroropt.workflow._report import markdown_table, plot_curves, plot_training, write_report
 from mirroropt.workflow._stats import mean_ci
 from mirroropt.workflow._tasks import (
@@ -58,6 +59,7 @@ __all__ = [
     "check_metamd_supported",
     "dual_norm_sq",
     "evaluate",
+    "keep_freed_memory",
     "load_checkpoint",
     "make_meta_optimizer",
     "markdown_table",

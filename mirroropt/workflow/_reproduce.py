@@ -591,9 +591,12 @@ def _worker(
     threads: int | None = None,
     device: str | None = None,
 ) -> None:
-    if threads is not None:
+    if threads is not None:  # a spawned worker process: set it up as the CLI sets up its own
         import torch
 
+        from mirroropt.workflow._malloc import keep_freed_memory
+
+        keep_freed_memory()
         torch.set_num_threads(threads)
     runs = _Runs(out, protocol)
     tried: set[str] = set()
