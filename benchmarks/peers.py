@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -272,6 +273,11 @@ def build(
     return methods
 
 
+def minor_faults() -> int:
+    """This process's minor page faults so far (memory the kernel handed over afresh)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def cuda_peak_reset() -> int:
     """Synchronize, reset CUDA's peak-memory counter and return the memory allocated now."""
     torch.cuda.synchronize()
@@ -294,13 +300,16 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             p.grad = None
         if cuda:
             base = cuda_peak_reset()
-        start = clock()
+        start, faulted = clock(), minor_faults()
         step()
         if cuda:
             torch.cuda.synchronize()
         seconds = clock() - start
+        faults[name].append(minor_faults() - faulted)
         peak = float(torch.cuda.max_memory_allocated() - base) if cuda else None
         return seconds, peak
+
+    faults: dict[str, list[int]] = {n: [] for n in names}
 
     for name in names:  # warm-up (and a check that every method runs)
         once(name)
@@ -308,6 +317,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     times: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float | None] = {}
+    faults = {n: [] for n in names}  # the rounds' counts only, not the warm-up's
     for _ in range(args.rounds):
         row = {}
         for name in names:
@@ -338,6 +348,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             "ratio_min": min(ratios[name]),
             "ratio_max": max(ratios[name]),
             "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,  # type: ignore[operator]
+            "minor_faults": statistics.median(faults[name]),  # per meta-iteration (getrusage)
         }
         for name in names
     }
@@ -350,16 +361,22 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         f"{args.shots}-shot, {args.queries} queries, meta-batch {args.tasks}, K = {args.steps}, "
         f"{args.device}, {args.rounds} interleaved rounds; ratio = median over rounds of the "
         f"method's time / hand-written torch.func vmap GD's time in the same round; ms = median "
-        f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration"
+        f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration; "
+        + (
+            "faults/it = median minor page faults per meta-iteration"
+            if args.device == "cpu"
+            else "peak MB = peak CUDA memory allocated during one"
+        )
         + (
             "; glibc keeps freed memory (`--keep-freed-memory`)." if args.keep_freed_memory else "."
         ),
         "",
         "| method | "
         + " | ".join(f"{n}: ratio [min–max] | {n}: ms" for n in norms)
-        + (" | " + " | ".join(f"{n}: peak MB" for n in norms) if args.device != "cpu" else "")
+        + " | "
+        + " | ".join(f"{n}: {'faults/it' if args.device == 'cpu' else 'peak MB'}" for n in norms)
         + " |",
-        "|---" * (1 + 2 * len(norms) + (len(norms) if args.device != "cpu" else 0)) + "|",
+        "|---" * (1 + 3 * len(norms)) + "|",
     ]
     all_names = sorted(dict.fromkeys(n for r in results.values() for n in r), key=_order)
     for name in all_names:
@@ -371,10 +388,10 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
                 if r
                 else ["—", "—"]
             )
-        if args.device != "cpu":
-            for norm in norms:
-                r = results[norm].get(name)
-                cells.append(f"{r['peak_mb']:.0f}" if r and r["peak_mb"] is not None else "—")
+        for norm in norms:  # CPU: minor page faults per meta-iteration; CUDA: peak memory
+            r = results[norm].get(name)
+            value = None if not r else r["minor_faults" if args.device == "cpu" else "peak_mb"]
+            cells.append("—" if value is None else f"{value:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     own = [n for n in all_names if any(results[m].get(n, {}).get("vs_own_gd") for m in norms)]
     if own:

@@ -13,13 +13,39 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--width", "4", "--ways", "2", "--queries", "1", "--tasks", "2", "--steps", "1"]
 
 
-@pytest.fixture
-def profile_step():
+def _script(name: str):
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield importlib.import_module("profile_step")
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture
+def profile_step():
+    yield from _script("profile_step")
+
+
+@pytest.fixture
+def peers():
+    yield from _script("peers")
+
+
+def test_peers_writes_ratios_and_page_faults_per_method(peers, capsys, tmp_path) -> None:
+    import json
+
+    out = tmp_path / "peers.json"
+    only = ["--norms", "group", "--maps", "identity", "--integration-maps"]
+    peers.main(["--rounds", "1", *only, *TINY, "--out", str(out)])
+    table = capsys.readouterr().out
+    assert "group: faults/it" in table and "| mirroropt identity |" in table
+    rows = json.loads(out.read_text())["results"]["group"]
+    assert rows["torch.func vmap"]["ratio"] == 1.0
+    assert {"torch.func loop", "higher SGD", "TorchOpt MetaSGD", "mirroropt identity"} <= set(rows)
+    assert all(
+        isinstance(r["minor_faults"], (int, float)) and r["minor_faults"] >= 0
+        for r in rows.values()
+    )
 
 
 @pytest.mark.parametrize("method", ["mirroropt convex_potential", "via MirrorMAML kronecker"])
