@@ -3,9 +3,10 @@
 A CPU meta-iteration allocates and frees hundreds of megabytes of activations and gradients.
 With glibc's default, adaptive settings, much of it goes back to the kernel at every ``free``
 (``munmap`` of medium blocks, ``brk`` trimming of the heap's top) and comes back as fresh,
-zero-filled pages at the next allocation: on Conv4-32, 5-way 1-shot, meta-batch 4, K = 5 about
-50 000 minor page faults per meta-iteration, roughly a third to a half of its CPU time
-(``docs/performance.md``). Three ``mallopt`` settings keep that memory in the heap for reuse.
+zero-filled pages at the next allocation: on Conv4-32, 5-way 1-shot, meta-batch 4, K = 5 up to
+tens of thousands of minor page faults per meta-iteration, depending on the heap's history
+(``docs/performance.md``, "Page faults": the vmapped floor 20% faster without them in a fresh
+process, training 6–12% faster). Three ``mallopt`` settings keep that memory in the heap.
 """
 
 from __future__ import annotations
