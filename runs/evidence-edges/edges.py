@@ -38,9 +38,13 @@ def run(setting_key: str, method_key: str, value: float, seed: int) -> None:
     if runs.done(job) or not runs.claim(job):
         print(f"{job.name}: done or taken", flush=True)
         return
+    evidence = rp.Protocol.from_dict(json.loads((EVIDENCE / "protocol.json").read_text()))
+    init_from = rp._Runs(EVIDENCE, evidence).init_source(job)  # MetaMD: MAML's φ₀ of that seed
     try:
+        if init_from is None:
+            raise SystemExit(f"{job.name}: its φ₀ source in {EVIDENCE} is not finished")
         print(f"training {job.name}", flush=True)
-        rp._run_job(runs, job, "", progress=False)
+        rp._run_job(runs, job, init_from, progress=False)
     finally:
         runs.release(job)
 
