@@ -294,7 +294,8 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     methods = build(args, norm, device)
     names = list(methods)
 
-    def once(name: str) -> tuple[float, float | None]:
+    def once(name: str) -> tuple[float, float | None, int]:
+        """One meta-iteration: its time, peak CUDA memory (None on CPU) and minor page faults."""
         step, leaves = methods[name]
         for p in leaves:
             p.grad = None
@@ -304,12 +305,9 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         step()
         if cuda:
             torch.cuda.synchronize()
-        seconds = clock() - start
-        faults[name].append(minor_faults() - faulted)
+        seconds, faulted = clock() - start, minor_faults() - faulted
         peak = float(torch.cuda.max_memory_allocated() - base) if cuda else None
-        return seconds, peak
-
-    faults: dict[str, list[int]] = {n: [] for n in names}
+        return seconds, peak, faulted
 
     for name in names:  # warm-up (and a check that every method runs)
         once(name)
@@ -317,11 +315,12 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     times: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float | None] = {}
-    faults = {n: [] for n in names}  # the rounds' counts only, not the warm-up's
+    faults: dict[str, list[int]] = {n: [] for n in names}
     for _ in range(args.rounds):
         row = {}
         for name in names:
-            row[name], peaks[name] = once(name)
+            row[name], peaks[name], fault_count = once(name)
+            faults[name].append(fault_count)
         for name in names:
             times[name].append(row[name])
             ratios[name].append(row[name] / row["torch.func vmap"])
@@ -365,7 +364,7 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         + (
             "faults/it = median minor page faults per meta-iteration"
             if args.device == "cpu"
-            else "peak MB = peak CUDA memory allocated during one"
+            else "peak MB = peak CUDA memory allocated during one meta-iteration"
         )
         + (
             "; glibc keeps freed memory (`--keep-freed-memory`)." if args.keep_freed_memory else "."

@@ -31,9 +31,14 @@ def peers():
     yield from _script("peers")
 
 
-def test_peers_writes_ratios_and_page_faults_per_method(peers, capsys, tmp_path) -> None:
+def test_peers_writes_ratios_and_page_faults_per_method(
+    peers, capsys, tmp_path, monkeypatch
+) -> None:
+    import itertools
     import json
 
+    counter = itertools.count(0, 7)  # each reading 7 faults after the last: 7 per step
+    monkeypatch.setattr(peers, "minor_faults", lambda: next(counter))
     out = tmp_path / "peers.json"
     only = ["--norms", "group", "--maps", "identity", "--integration-maps"]
     peers.main(["--rounds", "1", *only, *TINY, "--out", str(out)])
@@ -42,10 +47,8 @@ def test_peers_writes_ratios_and_page_faults_per_method(peers, capsys, tmp_path)
     rows = json.loads(out.read_text())["results"]["group"]
     assert rows["torch.func vmap"]["ratio"] == 1.0
     assert {"torch.func loop", "higher SGD", "TorchOpt MetaSGD", "mirroropt identity"} <= set(rows)
-    assert all(
-        isinstance(r["minor_faults"], (int, float)) and r["minor_faults"] >= 0
-        for r in rows.values()
-    )
+    assert all(r["minor_faults"] == 7 for r in rows.values())
+    assert "| 7 |" in table
 
 
 @pytest.mark.parametrize("method", ["mirroropt convex_potential", "via MirrorMAML kronecker"])

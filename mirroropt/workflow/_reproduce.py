@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 EVAL_SEED = 1000  # the test tasks: the same for every method and seed
+# Protocol fields that `reproduce` sets with a flag of their own name (`--val-every`, ...)
+_FLAGS = ("val_every", "val_tasks", "eval_tasks", "width", "norm", "fontglot")
 
 
 class ProtocolError(ValueError):
@@ -214,10 +216,11 @@ class Protocol:
                 (such a protocol is run through :func:`reproduce`).
         """
         default = Protocol()
+        flagged = ("iterations", "sinusoid_iterations", "budgets", "seeds", "grid", *_FLAGS)
         unflagged = [
-            f
-            for f in ("eval_steps", "meta_batch", "steps", "lr", "meta_lr", "checkpoint_every")
-            if getattr(self, f) != getattr(default, f)
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in flagged and getattr(self, f.name) != getattr(default, f.name)
         ]
         if unflagged:
             raise ProtocolError(f"`{unflagged}` differ from their defaults and have no flag.")
@@ -232,7 +235,7 @@ class Protocol:
         for name, flag in (("seeds", "--seeds"), ("grid", "--grid")):
             if getattr(self, name) != getattr(default, name):
                 parts.append(f"{flag} " + " ".join(f"{v:g}" for v in getattr(self, name)))
-        for name in ("val_every", "val_tasks", "eval_tasks", "width", "norm", "fontglot"):
+        for name in _FLAGS:
             if getattr(self, name) != getattr(default, name):
                 value = shlex.quote(str(getattr(self, name)))
                 parts.append(f"--{name.replace('_', '-')} {value}")

@@ -25,20 +25,19 @@ EVIDENCE = HERE.parent / "evidence"
 GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 
 
-def _protocol(value: float) -> rp.Protocol:
-    protocol = rp.Protocol.from_dict(json.loads((EVIDENCE / "protocol.json").read_text()))
-    return dataclasses.replace(protocol, grid=(value,))
+def _evidence() -> rp.Protocol:
+    return rp.Protocol.from_dict(json.loads((EVIDENCE / "protocol.json").read_text()))
 
 
 def run(setting_key: str, method_key: str, value: float, seed: int) -> None:
-    runs = rp._Runs(HERE, _protocol(value))
+    evidence = _evidence()
+    runs = rp._Runs(HERE, dataclasses.replace(evidence, grid=(value,)))
     setting = next(s for s in rp.SETTINGS if s.key == setting_key)
     method = next(m for m in rp.METHODS if m.key == method_key)
     job = rp._Job(setting, method, seed, value)
     if runs.done(job) or not runs.claim(job):
         print(f"{job.name}: done or taken", flush=True)
         return
-    evidence = rp.Protocol.from_dict(json.loads((EVIDENCE / "protocol.json").read_text()))
     init_from = rp._Runs(EVIDENCE, evidence).init_source(job)  # MetaMD: MAML's φ₀ of that seed
     try:
         if init_from is None:
@@ -73,7 +72,7 @@ def report() -> None:
                     cell += f" (diverged at {rec['diverged']['iteration']})"
                 cells.append(cell)
             print(f"| {method} | " + " | ".join(cells) + " |")
-        evidence = rp.Protocol.from_dict(json.loads((EVIDENCE / "protocol.json").read_text()))
+        evidence = _evidence()
         budget = evidence.budget(next(s for s in rp.SETTINGS if s.key == setting))
         for method in methods:
             for v in GRID:
