@@ -32,10 +32,12 @@ step, leaves = peers.build(args, "group", torch.device("cpu"))["torch.func vmap"
 for _ in range(3):  # warm-up: the heap grows to the step's peak
     for p in leaves: p.grad = None
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for p in leaves: p.grad = None
-step()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults = []
+for _ in range(3):  # per step: the heap may still grow now and then
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for p in leaves: p.grad = None
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"faults": faults, "grad": [float(p.grad.double().sum()) for p in leaves]}))
 """
 
@@ -56,8 +58,10 @@ def _step(mode: str) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (Linux)")
 def test_keep_freed_memory_removes_the_page_faults_of_a_meta_iteration_not_its_result() -> None:
     default, keep = _step("default"), _step("keep")
-    assert default["faults"] > 5000  # Conv4-32, meta-batch 4: memory comes back as fresh pages
-    assert keep["faults"] < default["faults"] / 50
+    # Conv4-32, meta-batch 4: by default every step gets memory back as fresh pages; kept, a
+    # steady step gets none (the best of three steps: the heap may still grow in one of them)
+    assert min(default["faults"]) > 5000
+    assert min(keep["faults"]) < min(default["faults"]) / 50
     assert keep["grad"] == default["grad"]  # bit for bit
 
 
