@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from mirroropt.workflow import TrainConfig
     from mirroropt.workflow._reproduce import Protocol
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 def _number(cast: type, what: str, ok: Callable[[float], bool], bad: str) -> Callable[[str], Any]:
@@ -867,5 +868,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler(args)
 
 
+def run() -> None:
+    """The process entry point (``python -m mirroropt``, the ``mirroropt`` script): :func:`main`'s
+    exit status. Under torchrun (``WORLD_SIZE`` > 1) the process then leaves without interpreter
+    finalization, once its output is flushed: there gloo's threads can still hold tensors, and on
+    torch 2.13 a rank that had finished and written everything sometimes aborted (SIGABRT,
+    "terminate called without an active exception"), failing the whole torchrun."""
+    try:
+        code: int | str | None = main()
+    except SystemExit as stop:
+        code = stop.code  # type: ignore[assignment]
+    try:
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        distributed = False
+    if not distributed:
+        sys.exit(code)
+    if isinstance(code, str):  # SystemExit's message, as sys.exit would print it
+        print(code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
