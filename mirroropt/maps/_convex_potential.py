@@ -398,42 +398,30 @@ class ConvexPotential(MirrorMap):
         return f"{super().extra_repr()}, hidden={self.hidden}, weights={self.weights!r}"
 
 
-#: :func:`_fold_weights`' output: μ, the (B0 columns, c0), the (B1 columns, c1), Wᵀ,
-#: [diag(v)W | diag(v)B1] and B0.
-_Folded = tuple[
-    Tensor,
-    tuple[Tensor, Tensor, Tensor, Tensor],
-    tuple[Tensor, Tensor, Tensor, Tensor],
-    Tensor,
-    Tensor,
-    Tensor,
-]
+#: :func:`_fold_weights`' output: μ, [B0; B1], [c0; c1], W, [diag(v)W | diag(v)B1]ᵀ and B0ᵀ.
+_Folded = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 def _fold_weights(weights: tuple[Tensor, ...]) -> _Folded:
     r"""The z-independent pieces of :func:`_icnn_gradient`, from stacked ``(μ, B0, c0, W, B1, c1, v)``.
 
-    Computed once per :meth:`ConvexPotential.prepared` (once per inner loop): the input weights
-    split by feature as ``[T, 1, 1, H]`` columns, :math:`W^\top`, and the output weight folded into
-    the backward's matrices, :math:`[\operatorname{diag}(v)\,W \mid \operatorname{diag}(v)\,B_1]`
-    side by side (so :math:`t_1 = v \odot \sigma(a_1)` is never formed).
+    Computed once per :meth:`ConvexPotential.prepared` (once per inner loop): both layers' input
+    weights stacked, :math:`[B_0; B_1]` (``[T, 2H, 3]``) with their biases, :math:`W`, the output
+    weight folded into the backward's matrices,
+    :math:`[\operatorname{diag}(v)\,W \mid \operatorname{diag}(v)\,B_1]^\top` (so
+    :math:`t_1 = v \odot \sigma(a_1)` is never formed), and :math:`B_0^\top`.
     """
     mu, in0, bias0, mix, in1, bias1, out = weights
-    t, h = mix.shape[0], mix.shape[-1]
-
-    def col(w: Tensor, k: int) -> Tensor:  # feature k of the input weights, as [T, 1, 1, H]
-        return w[..., k].reshape(t, 1, 1, h)
-
     v = out.unsqueeze(-1)  # [T, H, 1]
     return (
-        mu.reshape(t, 1, 1),
-        (col(in0, 0), col(in0, 1), col(in0, 2), bias0.reshape(t, 1, 1, h)),
-        (col(in1, 0), col(in1, 1), col(in1, 2), bias1.reshape(t, 1, 1, h)),
-        mix.mT,  # a1 = u W^T + ...
-        # [diag(v) W | diag(v) B1], [T, H, H + 3]: one product of σ(a1) gives both
-        # t1 W = σ(a1) diag(v) W (for t0 = (t1 W) ⊙ σ(a0)) and t1 B1 = σ(a1) diag(v) B1
-        torch.cat([v * mix, v * in1], dim=-1),
-        in0,  # [T, H, 3]: t0 B0
+        mu.reshape(-1, 1, 1),
+        torch.cat([in0, in1], dim=1),  # [T, 2H, 3]: (a0; B1 x) = [B0; B1] x + [c0; c1]
+        torch.cat([bias0, bias1], dim=1).unsqueeze(-1),  # [T, 2H, 1]
+        mix,  # a1 = W u + B1 x + c1
+        # [diag(v) W | diag(v) B1]ᵀ, [T, H + 3, H]: one product with σ(a1) gives both
+        # Wᵀt1 (for t0 = (Wᵀt1) ⊙ σ(a0)) and B1ᵀt1, with t1 = v ⊙ σ(a1)
+        torch.cat([v * mix, v * in1], dim=-1).mT,
+        in0.mT,  # [T, 3, H]: B0ᵀ t0
     )
 
 
@@ -449,29 +437,34 @@ def _icnn_gradient(z: Tensor, folded: _Folded) -> Tensor:
     the three features of :math:`x_i = P_i z` pull back to
     :math:`\nabla h^*_t(z)_i = \mu z_i + d^{(0)}_i + \overline{d^{(1)}}_{r(i)} + \overline{d^{(2)}}`.
     One product of :math:`\sigma(a_1)` with :math:`[\operatorname{diag}(v)W \mid
-    \operatorname{diag}(v)B_1]` gives :math:`t_1W` and :math:`t_1B_1`; all three components of
-    :math:`d_i` are then :math:`t_1B_1 + t_0B_0` (``[H, 3]`` matrices), whose row and tensor means
-    then give the mean features' terms; the row and tensor means of ``z`` enter :math:`a_0, a_1`
-    affinely, once per row. Equal to ``torch.func.grad`` of :meth:`ConvexPotential.potential`
-    (tested in float64) and differentiable to any order, without a nested transform per step.
+    \operatorname{diag}(v)B_1]^\top` gives :math:`W^\top t_1` and :math:`B_1^\top t_1`.
+
+    Layout: hidden units outside, coordinates inside (``[T, H, rows·cols]``), so every
+    elementwise pass runs over contiguous coordinates, and every product is a gemm over the
+    coordinates (the features ``[T, 3, n]`` times both layers' input weights at once; their
+    backward is two gemms, not four broadcast multiplies). Equal to ``torch.func.grad`` of
+    :meth:`ConvexPotential.potential` (tested in float64) and differentiable to any order,
+    without a nested transform per step.
     """
-    mu, (b00, b01, b02, c0), (b10, b11, b12, c1), mix_t, v_mix_in1, in0 = folded
+    mu, in01, bias01, mix, v_mix_in1_t, in0_t = folded
     t, rows, cols = z.shape
-    h = mix_t.shape[-1]
+    h = mix.shape[-1]
     n = rows * cols
-    row_mean = z.mean(dim=2, keepdim=True).unsqueeze(-1)  # [T, rows, 1, 1]
-    mean = z.mean(dim=(1, 2), keepdim=True).unsqueeze(-1)  # [T, 1, 1, 1]
-    zc = z.unsqueeze(-1)  # [T, rows, cols, 1]
-    a0 = torch.addcmul(row_mean * b01 + mean * b02 + c0, zc, b00)  # [T, rows, cols, H]
-    u = _softplus(a0).reshape(t, n, h)
-    a1 = torch.addcmul(row_mean * b11 + mean * b12 + c1, zc, b10).reshape(t, n, h)
-    s1 = torch.sigmoid(torch.baddbmm(a1, u, mix_t))  # σ(a1), [T, n, H]
-    t1_w, t1_b1 = torch.bmm(s1, v_mix_in1).split([h, 3], dim=-1)
-    t0 = t1_w * torch.sigmoid(a0).reshape(t, n, h)
-    d = torch.baddbmm(t1_b1, t0, in0).reshape(t, rows, cols, 3)
-    d1 = d[..., 1].mean(dim=2, keepdim=True)  # [T, rows, 1]
-    d2 = d[..., 2].mean(dim=(1, 2), keepdim=True)  # [T, 1, 1]
-    return mu * z + d[..., 0] + d1 + d2
+    features = torch.stack(  # x_i = (z_i, row mean, tensor mean), [T, 3, rows, cols]
+        [
+            z,
+            z.mean(dim=2, keepdim=True).expand(t, rows, cols),
+            z.mean(dim=(1, 2), keepdim=True).expand(t, rows, cols),
+        ],
+        dim=1,
+    ).reshape(t, 3, n)
+    a0, b1x = torch.baddbmm(bias01, in01, features).split([h, h], dim=1)  # [T, H, n] each
+    s1 = torch.sigmoid(torch.baddbmm(b1x, mix, _softplus(a0)))  # σ(a1)
+    t1_w, t1_b1 = torch.bmm(v_mix_in1_t, s1).split([h, 3], dim=1)  # Wᵀt1, B1ᵀt1
+    d = torch.baddbmm(t1_b1, in0_t, t1_w * torch.sigmoid(a0)).reshape(t, 3, rows, cols)
+    d1 = d[:, 1].mean(dim=2, keepdim=True)  # [T, rows, 1]
+    d2 = d[:, 2].mean(dim=(1, 2), keepdim=True)  # [T, 1, 1]
+    return mu * z + d[:, 0] + d1 + d2
 
 
 def _conjugate_gradient(matvec: Any, rhs: Tensor, steps: int) -> Tensor:
