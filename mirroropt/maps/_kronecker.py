@@ -143,16 +143,9 @@ def _mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
     if mode == x.ndim - 1:
         return (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) @ factor.mT).reshape(x.shape)
     # the middle of three modes, (O, I, K): one product A @ [I, O·K] (a matmul broadcast over O
-    # has a backward that expands A to [O, I, I]: 2.6x the time for a Conv4 kernel)
+    # has a backward that expands A to [O, I, I]: 1.2x the time for a Conv4 kernel)
     o, i, k = x.shape
     return (factor @ x.transpose(0, 1).reshape(i, o * k)).reshape(i, o, k).transpose(0, 1)
-
-
-def _reshaped(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``x.reshape(shape)``, or ``x`` itself when it has that shape already (no view op)."""
-    if len(shape) == x.ndim and (shape == (-1,) or tuple(x.shape) == tuple(shape)):
-        return x
-    return x.reshape(shape)
 
 
 def _grouped_mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
@@ -176,19 +169,15 @@ def _grouped_mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
     if mode == x.ndim - 2:
         flat = x.reshape(t, math.prod(x.shape[1:-1]), x.shape[-1])
         return torch.bmm(flat, factor.mT).reshape(x.shape)
-    # middle of three, [T, O, I, K]: one bmm with [T, I, O·K] (not a matmul broadcast over O)
+    # middle of three, [T, O, I, K]: one bmm with [T, I, O·K] (a matmul broadcast over O has a
+    # backward that expands the factors to [T, O, I, I]: 2.6x the time for Conv4 kernels)
     o, i, k = x.shape[1:]
     flat = x.transpose(1, 2).reshape(t, i, o * k)
     return torch.bmm(factor, flat).reshape(t, i, o, k).transpose(1, 2)
 
 
-#: Per group of equal-shape tensors: (names, shape, factors per mode, stacked for groups of two+);
-#: and the vectors and scalars (biases, norm scales: diagonal P), as (names, shapes, numels, the
-#: concatenated diagonals of their P), preconditioned by one product for all of them.
-_Plan = tuple[
-    list[tuple[list[str], torch.Size, list[Tensor]]],
-    tuple[list[str], list[torch.Size], list[int], Tensor] | None,
-]
+#: Per group of equal-shape tensors: (names, shape, factors per mode, stacked for groups of two+).
+_Plan = list[tuple[list[str], torch.Size, list[Tensor]]]
 
 
 @final
@@ -348,20 +337,13 @@ class Kronecker(MirrorMap):
     def _plan(self, inverse: bool) -> _Plan:
         """The factors of every tensor, those of equal-shape tensors stacked (one product per group).
 
-        A group of several tensors (the three inner conv kernels of a Conv4) gets ``[T, ...]``
-        factors; a group of one keeps its own. Vectors and scalars (every bias and norm scale)
-        have a diagonal :math:`P`: their diagonals are concatenated into one vector, so a step
-        preconditions all of them with one multiply (per-tensor products were ~30 small ops per
-        step, which dominate an eager per-task inner loop).
+        A group of several tensors (the three inner conv kernels of a Conv4, its biases and norm
+        vectors) gets ``[T, ...]`` factors; a group of one keeps its own.
         """
         factor_lists = self._factor_lists(list(self.shapes), inverse)
         groups: dict[torch.Size, list[str]] = {}
-        flat: list[str] = []
         for name, shape in self.shapes.items():
-            if len(shape) <= 1:
-                flat.append(name)
-            else:
-                groups.setdefault(shape, []).append(name)
+            groups.setdefault(shape, []).append(name)
         plan = []
         for shape, names in groups.items():
             if len(names) == 1:
@@ -369,33 +351,23 @@ class Kronecker(MirrorMap):
             else:
                 stacked = [torch.stack(list(f)) for f in zip(*(factor_lists[n] for n in names))]
                 plan.append((names, shape, stacked))
-        if not flat:
-            return plan, None
-        diagonal = torch.cat([factor_lists[n][0].reshape(-1) for n in flat])
-        shapes = [self.shapes[n] for n in flat]
-        return plan, (flat, shapes, [s.numel() for s in shapes], diagonal)
+        return plan
 
     def _precondition(self, params: Mapping[str, Tensor], plan: _Plan) -> Params:
-        groups, flat = plan
         out: Params = {}
-        for names, shape, factors in groups:
+        for names, shape, factors in plan:
             sizes = _mode_sizes(shape)
             if len(names) == 1:
-                x = _reshaped(params[names[0]], sizes)
+                x = params[names[0]].reshape(sizes)
                 for mode, factor in enumerate(factors):
-                    x = _mode_product(x, factor, mode)
-                out[names[0]] = _reshaped(x, shape)
+                    x = x * factor if not sizes else _mode_product(x, factor, mode)
+                out[names[0]] = x.reshape(shape)
                 continue
-            x = torch.stack([_reshaped(params[n], sizes) for n in names])
+            x = torch.stack([params[n].reshape(sizes) for n in names])
             for mode, factor in enumerate(factors):
                 x = _grouped_mode_product(x, factor, mode)
             for name, y in zip(names, x.unbind(0)):
-                out[name] = _reshaped(y, shape)
-        if flat is not None:
-            names, shapes, numels, diagonal = flat
-            x = torch.cat([_reshaped(params[n], (-1,)) for n in names]) * diagonal
-            for name, shape, y in zip(names, shapes, x.split(numels)):
-                out[name] = _reshaped(y, shape)
+                out[name] = y.reshape(shape)
         return {n: out[n] for n in self.shapes}
 
     def to_primal(self, z: Mapping[str, Tensor]) -> Params:
