@@ -12,6 +12,7 @@ after / before. Only the map's own file (``mirroropt/maps/_<map>.py``) is taken 
 moved off their identity initialization so that the maps do their full work.
 
     nice -n 15 env OMP_NUM_THREADS=1 python benchmarks/maps_ab.py --before b172d2e --rounds 10
+    python benchmarks/maps_ab.py --before 9ed81b4 --maps convex_potential --keep-freed-memory
 """
 
 from __future__ import annotations
@@ -161,8 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-integrations", dest="integrations", action="store_false")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--perturb", type=float, default=0.1, help="std of the weight offset")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory (mirroropt.workflow.keep_freed_memory, as the CLI does)",
+    )
     peers.add_setting_arguments(parser)
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not peers.keep_freed_memory():
+        parser.error("--keep-freed-memory: expected glibc on Linux, got another C library")
     args.device = "cpu"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"wall time {time.perf_counter() - start:.0f} s; torch {torch.__version__}; "
         f"threads {torch.get_num_threads()}; before = {args.before}"
+        + ("; glibc keeps freed memory" if args.keep_freed_memory else "")
     )
 
 

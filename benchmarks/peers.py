@@ -367,7 +367,11 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
             else "peak MB = peak CUDA memory allocated during one meta-iteration"
         )
         + (
-            "; glibc keeps freed memory (`--keep-freed-memory`)." if args.keep_freed_memory else "."
+            "; glibc keeps freed memory, blocks of 32 MiB or more too (`--keep-large-blocks`)."
+            if args.keep_large_blocks
+            else "; glibc keeps freed memory (`--keep-freed-memory`)."
+            if args.keep_freed_memory
+            else "."
         ),
         "",
         "| method | "
@@ -452,8 +456,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="glibc keeps freed memory (mirroropt.workflow.keep_freed_memory, as the CLI does)",
     )
+    parser.add_argument(
+        "--keep-large-blocks",
+        action="store_true",
+        help="--keep-freed-memory, blocks of 32 MiB or more too (keep_freed_memory(large_blocks=True))",
+    )
     args = parser.parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
+    if args.keep_large_blocks:
+        args.keep_freed_memory = True
+    if args.keep_freed_memory and not keep_freed_memory(large_blocks=args.keep_large_blocks):
         parser.error("--keep-freed-memory: expected glibc on Linux, got another C library")
     start = time.perf_counter()
     results = {norm: run(args, norm) for norm in args.norms}

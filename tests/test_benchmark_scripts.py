@@ -73,3 +73,18 @@ def test_profile_step_names_the_method_it_does_not_know(profile_step, capsys):
     with pytest.raises(SystemExit):
         profile_step.main(["torch.func while", *TINY])
     assert "method: expected one of" in capsys.readouterr().err
+
+
+@pytest.fixture
+def maps_ab():
+    yield from _script("maps_ab")
+
+
+def test_maps_ab_compares_a_map_file_at_a_revision_with_the_working_tree(maps_ab, capsys):
+    """One round, the Kronecker file at HEAD against the working tree's, with its integrations."""
+    argv = ["--before", "HEAD", "--maps", "kronecker", "--rounds", "1", "--norms", "group"]
+    maps_ab.main([*argv, *TINY])
+    out = capsys.readouterr().out
+    for row in ("mirroropt kronecker", "via higher kronecker", "via MirrorMAML kronecker"):
+        assert f"| {row} |" in out
+    assert "before = HEAD" in out and "keeps freed memory" not in out
