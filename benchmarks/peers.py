@@ -292,6 +292,9 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     # CUDA: wall time between synchronizations.
     clock = time.perf_counter if cuda else time.process_time
     methods = build(args, norm, device)
+    if args.methods:  # the floor and the named rows only (a fresh process per row: its own heap)
+        keep = {"torch.func vmap", *args.methods}
+        methods = {n: m for n, m in methods.items() if n in keep}
     names = list(methods)
 
     def once(name: str) -> tuple[float, float | None, int]:
@@ -450,6 +453,11 @@ def main(argv: list[str] | None = None) -> None:
         choices=sorted(mo.maps.MAPS),
         default=["identity", "diagonal", "kronecker"],
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help='time only these rows (and the floor), e.g. "mirroropt kronecker" "higher SGD"',
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument(
         "--keep-freed-memory",
@@ -462,6 +470,11 @@ def main(argv: list[str] | None = None) -> None:
         help="--keep-freed-memory, blocks of 32 MiB or more too (keep_freed_memory(large_blocks=True))",
     )
     args = parser.parse_args(argv)
+    if args.methods:
+        known = {n for norm in args.norms for n in build(args, norm, torch.device("cpu"))}
+        unknown = sorted(set(args.methods) - known)
+        if unknown:
+            parser.error(f"--methods: expected rows of {sorted(known)}, got {unknown}")
     if args.keep_large_blocks:
         args.keep_freed_memory = True
     if args.keep_freed_memory and not keep_freed_memory(large_blocks=args.keep_large_blocks):
@@ -471,7 +484,12 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     table = markdown(results, args)
     print(table)
-    print(f"\nwall time {wall:.0f} s; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    # the process's peak resident set (Linux: KiB), all methods together
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        f"\nwall time {wall:.0f} s; peak RSS {peak_rss / 2**30:.2f} GiB; torch {torch.__version__}; "
+        f"threads {torch.get_num_threads()}"
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
@@ -479,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
                     "args": vars(args),
                     "results": results,
                     "wall_s": wall,
+                    "peak_rss_bytes": peak_rss,
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
                     "argv": sys.argv,

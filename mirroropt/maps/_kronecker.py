@@ -143,7 +143,7 @@ def _mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
     if mode == x.ndim - 1:
         return (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) @ factor.mT).reshape(x.shape)
     # the middle of three modes, (O, I, K): one product A @ [I, O·K] (a matmul broadcast over O
-    # has a backward that expands A to [O, I, I]: 1.2x the time for a Conv4 kernel)
+    # has a backward that expands A to [O, I, I] and sums it back)
     o, i, k = x.shape
     return (factor @ x.transpose(0, 1).reshape(i, o * k)).reshape(i, o, k).transpose(0, 1)
 
@@ -170,7 +170,7 @@ def _grouped_mode_product(x: Tensor, factor: Tensor, mode: int) -> Tensor:
         flat = x.reshape(t, math.prod(x.shape[1:-1]), x.shape[-1])
         return torch.bmm(flat, factor.mT).reshape(x.shape)
     # middle of three, [T, O, I, K]: one bmm with [T, I, O·K] (a matmul broadcast over O has a
-    # backward that expands the factors to [T, O, I, I]: 2.6x the time for Conv4 kernels)
+    # backward that expands the factors to [T, O, I, I] and sums them back)
     o, i, k = x.shape[1:]
     flat = x.transpose(1, 2).reshape(t, i, o * k)
     return torch.bmm(factor, flat).reshape(t, i, o, k).transpose(1, 2)

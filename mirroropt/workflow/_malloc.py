@@ -47,10 +47,11 @@ def keep_freed_memory(*, large_blocks: bool = False) -> bool:
     Args:
         large_blocks: also set ``M_MMAP_MAX`` to 0, so that no block is mapped on its own and
             blocks of 32 MiB or more are reused from the heap as well. Measured on the vmapped
-            Conv4-64 84×84 meta-iteration (5-way 1-shot, meta-batch 4, K = 5, one thread): 4.2–4.8
-            s instead of 14.9–15.6 s, no page faults instead of 2–3 million per meta-iteration,
-            but a peak resident set of 8.1 GB instead of 4.9 GB (freed large blocks stay in the
-            heap, fragmented). Off by default; the command-line entry points do not set it.
+            Conv4-64 84×84 meta-iteration (5-way 1-shot, meta-batch 4, K = 5, one CPU thread;
+            ``docs/performance.md``, "The standard backbone"): 7.5 s instead of 12.8 s (14.0 s
+            with glibc's defaults), 0.5 instead of 3.6 million page faults, but a peak resident
+            set of 7.7 GiB instead of 4.7 GiB (freed large blocks stay in the heap, fragmented).
+            Off by default; the command-line entry points do not set it.
 
     Returns:
         True if the settings were applied: glibc on Linux, and the environment variable is not
