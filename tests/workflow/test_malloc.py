@@ -80,7 +80,7 @@ if sys.argv[1] != "default":
     from mirroropt.workflow import keep_freed_memory
     assert keep_freed_memory(large_blocks=sys.argv[1] == "large")
 faults = []
-for _ in range(3):  # a 64 MiB activation, freed and allocated again (a Conv4-64 84x84 layer)
+for _ in range(8):  # a 64 MiB activation, freed and allocated again (a Conv4-64 84x84 layer)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(16 << 20).fill_(1.0)
     del x
@@ -93,7 +93,7 @@ print(json.dumps(faults))
 def test_blocks_above_glibcs_mmap_threshold_are_kept_with_large_blocks() -> None:
     """64 MiB is above the largest mmap threshold glibc accepts (32 MiB): by default and with
     keep_freed_memory() it is mapped at every allocation (16 384 fresh 4 KiB pages each time);
-    with large_blocks=True only the first time."""
+    with large_blocks=True only while the heap grows (once or twice), then never."""
 
     def faults(mode: str) -> list[int]:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -104,5 +104,5 @@ def test_blocks_above_glibcs_mmap_threshold_are_kept_with_large_blocks() -> None
         return json.loads(run.stdout.strip().splitlines()[-1])
 
     default, keep, large = faults("default"), faults("keep"), faults("large")
-    assert min(default[1:]) > 10_000 and min(keep[1:]) > 10_000  # mapped afresh every time
-    assert max(large[1:]) < 100  # reused from the heap
+    assert min(default[4:]) > 10_000 and min(keep[4:]) > 10_000  # mapped afresh every time
+    assert max(large[4:]) < 100  # reused from the heap once it has grown (measured: by the 3rd)
