@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep-large-blocks",
         action="store_true",
-        help="--keep-freed-memory, blocks of 32 MiB or more too (keep_freed_memory(large_blocks=True))",
+        help="--keep-freed-memory, and blocks of 32 MiB or more too "
+        "(keep_freed_memory(large_blocks=True))",
     )
     args = parser.parse_args(argv)
     if args.methods:

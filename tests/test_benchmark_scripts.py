@@ -39,6 +39,8 @@ def test_peers_writes_ratios_and_page_faults_per_method(
 
     counter = itertools.count(0, 7)  # each reading 7 faults after the last: 7 per step
     monkeypatch.setattr(peers, "minor_faults", lambda: next(counter))
+    usage = type("Usage", (), {"ru_maxrss": 3 << 20})  # Linux reports KiB: 3 GiB
+    monkeypatch.setattr(peers.resource, "getrusage", lambda who: usage)
     out = tmp_path / "peers.json"
     only = ["--norms", "group", "--maps", "identity", "--integration-maps"]
     peers.main(["--rounds", "1", *only, *TINY, "--out", str(out)])
@@ -49,6 +51,20 @@ def test_peers_writes_ratios_and_page_faults_per_method(
     assert {"torch.func loop", "higher SGD", "TorchOpt MetaSGD", "mirroropt identity"} <= set(rows)
     assert all(r["minor_faults"] == 7 for r in rows.values())
     assert "| 7 |" in table
+    assert json.loads(out.read_text())["peak_rss_bytes"] == 3 << 30
+    assert "peak RSS 3.00 GiB" in table
+
+
+def test_peers_methods_times_only_the_named_rows_and_the_floor(peers, capsys, tmp_path) -> None:
+    import json
+
+    out = tmp_path / "peers.json"
+    only = ["--norms", "group", "--maps", "identity", "--integration-maps"]
+    peers.main(["--rounds", "1", *only, *TINY, "--methods", "higher SGD", "--out", str(out)])
+    assert set(json.loads(out.read_text())["results"]["group"]) == {"torch.func vmap", "higher SGD"}
+    with pytest.raises(SystemExit):
+        peers.main(["--rounds", "1", *only, *TINY, "--methods", "higher SDG"])
+    assert "--methods: expected rows of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["mirroropt convex_potential", "via MirrorMAML kronecker"])

@@ -39,8 +39,8 @@ def keep_freed_memory(*, large_blocks: bool = False) -> bool:
     ``M_TOP_PAD`` to 64 MiB with ``mallopt(3)`` for the whole process (all three are needed: the
     trim threshold alone makes it worse). Results are unchanged bit for bit; the process keeps its
     peak heap instead of shrinking between iterations, and tensors of 32 MiB or more are still
-    mapped and unmapped each time (glibc's limit) unless ``large_blocks``. The command-line entry points
-    (``python -m mirroropt ...``) call it unless ``MIRROROPT_KEEP_FREED_MEMORY=0``; call it at the
+    mapped and unmapped each time (glibc's limit) unless ``large_blocks``. The command-line entry
+    points (``python -m mirroropt ...``) call it unless ``MIRROROPT_KEEP_FREED_MEMORY=0``; call it at the
     start of your own CPU training script. CUDA memory has its own caching allocator and is not
     affected.
 
