@@ -25,6 +25,12 @@ FEATURES = 3
 SOFTPLUS_THRESHOLD = 40.0
 
 
+#: Tensors of at most this many coordinates, when they come in several shapes, share one flat
+#: evaluation of their ICNN gradients (:func:`_icnn_gradient_flat`) instead of one per shape:
+#: their cost is the per-operation overhead, not arithmetic.
+FLAT_MAX_NUMEL = 1024
+
+
 #: Below this many coordinates a layer is a broadcast multiply-and-sum instead of a BLAS gemm:
 #: for the ICNN's tiny operands (fan-in 3 or H) gemm's threading overhead dominates (measured
 #: 10x slower for the test shapes on a shared 2-core machine); above it gemm is ~2x faster.
@@ -250,18 +256,25 @@ class ConvexPotential(MirrorMap):
     def prepared(self) -> Callable[[Mapping[str, Tensor]], Params]:
         r""":meth:`to_primal` with the z-independent work done once: constrained weights, grouped.
 
-        Tensors of equal shape (e.g. every bias and norm scale of a Conv4) share one batched
+        Tensors of equal shape (e.g. the inner conv kernels of a Conv4) share one batched
         evaluation of their ICNN gradients: their weights are stacked here, once per inner loop.
+        Small tensors (at most :data:`FLAT_MAX_NUMEL` coordinates: biases, norm scales, a head)
+        of several shapes share one evaluation over their concatenated coordinates, with each
+        coordinate's weights gathered here (:func:`_icnn_gradient_flat`): their cost is the
+        number of operations, not their size.
         """
         groups: dict[torch.Size, list[str]] = {}
         for name, shape in self.shapes.items():
             groups.setdefault(shape, []).append(name)
+        small = [s for s in groups if 0 < s.numel() <= FLAT_MAX_NUMEL]
+        flat_names = [n for s in small for n in groups.pop(s)] if len(small) > 1 else []
         stacked = []
         for shape, names in groups.items():
             per_tensor = [self._weights(n) for n in names]
             weights = _fold_weights(tuple(torch.stack(list(w)) for w in zip(*per_tensor)))
             rows = shape[0] if len(shape) > 0 else 1
             stacked.append((names, shape, rows, weights))
+        flat = self._flat_layout(flat_names) if flat_names else None
 
         def to_primal(z: Mapping[str, Tensor]) -> Params:
             out: Params = {}
@@ -270,9 +283,46 @@ class ConvexPotential(MirrorMap):
                 grads = _icnn_gradient(zs, weights)
                 for n, g in zip(names, grads.unbind(0)):
                     out[n] = g.reshape(shape)
+            if flat is not None:
+                shapes = [self.shapes[n] for n in flat_names]
+                zf = torch.cat([z[n].reshape(-1) for n in flat_names])
+                pieces = _icnn_gradient_flat(zf, flat).split([s.numel() for s in shapes])
+                for n, g, shape in zip(flat_names, pieces, shapes):
+                    out[n] = g.reshape(shape)
             return {n: out[n] for n in self.shapes}
 
         return to_primal
+
+    def _flat_layout(self, names: list[str]) -> _Flat:
+        """:func:`_icnn_gradient_flat`'s per-coordinate weights and indices for ``names``.
+
+        The indices are built on the host and copied once (no data-dependent sizes on a GPU).
+        """
+        folded = _fold_weights(tuple(torch.stack(list(w)) for w in zip(*map(self._weights, names))))
+        device, dtype = folded[0].device, folded[0].dtype
+        tensor_of, row_of, per_row, per_tensor = [], [], [], []
+        for t, name in enumerate(names):
+            shape = self.shapes[name]
+            rows = shape[0] if len(shape) > 0 else 1
+            cols = shape.numel() // rows
+            tensor_of += [t] * shape.numel()
+            row_of += [r for r in range(len(per_row), len(per_row) + rows) for _ in range(cols)]
+            per_row += [1.0 / cols] * rows
+            per_tensor.append(1.0 / shape.numel())
+        tensor_index = torch.tensor(tensor_of, device=device)
+        mu, in01, bias01, mix, v_mix_in1_t, in0_t = (w[tensor_index] for w in folded)
+        return (  # coordinates last
+            mu.reshape(-1),  # [N]
+            in01.permute(1, 2, 0).contiguous(),  # [2H, 3, N]
+            bias01.squeeze(-1).mT.contiguous(),  # [2H, N]
+            mix.permute(1, 2, 0).contiguous(),  # [H, H, N]: W[h, j]
+            v_mix_in1_t.permute(2, 1, 0).contiguous(),  # [H, H + 3, N]: v_h [W | B1][h, k]
+            in0_t.permute(2, 1, 0).contiguous(),  # [H, 3, N]: B0[h, k]
+            torch.tensor(row_of, device=device),
+            tensor_index,
+            torch.tensor(per_row, dtype=dtype, device=device),
+            torch.tensor(per_tensor, dtype=dtype, device=device),
+        )
 
     # ---------------------------------------------------------------------------------------------
     # dual initialization
@@ -465,6 +515,44 @@ def _icnn_gradient(z: Tensor, folded: _Folded) -> Tensor:
     d1 = d[:, 1].mean(dim=2, keepdim=True)  # [T, rows, 1]
     d2 = d[:, 2].mean(dim=(1, 2), keepdim=True)  # [T, 1, 1]
     return mu * z + d[:, 0] + d1 + d2
+
+
+#: :meth:`ConvexPotential._flat_layout`'s output: μ, [B0; B1], [c0; c1], W, [diag(v)W | diag(v)B1]
+#: and B0, gathered per coordinate (coordinates last), the coordinates' row and tensor indices,
+#: and 1/cols per row and 1/numel per tensor.
+_Flat = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _icnn_gradient_flat(z: Tensor, flat: _Flat) -> Tensor:
+    r""":func:`_icnn_gradient` for the concatenated coordinates ``z`` (``[N]``) of tensors of
+    different shapes, each coordinate with its own tensor's weights (``flat``, from
+    :meth:`ConvexPotential._flat_layout`).
+
+    The row and tensor means are segment sums (``index_add``) gathered back to the coordinates;
+    the products over the hidden units are broadcast multiply-and-sums with per-coordinate
+    weights (``[H, H, N]``: small, since only tensors of at most :data:`FLAT_MAX_NUMEL`
+    coordinates come here). The same formula as :func:`_icnn_gradient`, term by term.
+    """
+    mu, in01, bias01, mix, v_mix_in1, in0, row_of, tensor_of, per_row, per_tensor = flat
+    h = mix.shape[0]
+
+    def segment_mean(x: Tensor, index: Tensor, scale: Tensor) -> Tensor:
+        sums = torch.zeros(scale.shape, dtype=x.dtype, device=x.device).index_add(0, index, x)
+        return (sums * scale).index_select(0, index)
+
+    features = torch.stack(  # x_i = (z_i, row mean, tensor mean), [3, N]
+        [z, segment_mean(z, row_of, per_row), segment_mean(z, tensor_of, per_tensor)]
+    )
+    a0, b1x = ((in01 * features).sum(1) + bias01).split([h, h])  # [H, N] each
+    s1 = torch.sigmoid((mix * _softplus(a0)).sum(1) + b1x)  # σ(a1)
+    t1_w, t1_b1 = (v_mix_in1 * s1.unsqueeze(1)).sum(0).split([h, 3])  # Wᵀt1, B1ᵀt1
+    d = t1_b1 + (in0 * (t1_w * torch.sigmoid(a0)).unsqueeze(1)).sum(0)  # [3, N]
+    return (
+        mu * z
+        + d[0]
+        + segment_mean(d[1], row_of, per_row)
+        + segment_mean(d[2], tensor_of, per_tensor)
+    )
 
 
 def _conjugate_gradient(matvec: Any, rhs: Tensor, steps: int) -> Tensor:

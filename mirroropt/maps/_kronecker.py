@@ -53,69 +53,64 @@ def _frechet_exp(x: Tensor, g: Tensor) -> Tensor:
     return torch.linalg.matrix_exp(big)[..., :n, n:]
 
 
-class _SymExpPair(torch.autograd.Function):
-    r""":math:`[e^{X}, e^{-X}]` (stacked on dim -3) of a batch of symmetric matrices from
-    ``eigh``, :math:`X = Q\Lambda Q^\top`: :math:`e^{\pm X} = Q e^{\pm\Lambda} Q^\top`.
+class _SymExp(torch.autograd.Function):
+    r""":math:`e^{X}` of a batch of symmetric matrices :math:`X = Q\Lambda Q^\top` from their
+    ``eigh`` (passed in, computed once without a graph): :math:`e^{X} = Q e^{\Lambda} Q^\top`.
 
     Backward and forward mode by the Daleckii–Krein formula :math:`L(X, E) = Q\,(F \circ
     Q^\top E Q)\,Q^\top` with :math:`F` from :func:`_divided_exp` — exact, and well defined
     for repeated eigenvalues (the identity initialization, where the eigenvectors are not).
     ``torch.linalg.matrix_exp`` costs a Padé approximant with squaring forward and the
-    exponential of a ``2m × 2m`` block matrix backward; this costs two ``eigh`` (the forward's,
-    and one in ``setup_context`` to save, which cannot see the forward's intermediates) and four
-    matrix products. A backward that is itself differentiated (``create_graph=True``, nested
-    ``torch.func.grad``) uses the block form :func:`_frechet_exp`, differentiable in ``X``.
-    Under ``vmap`` the rule below calls the function on the whole batch of matrices (or, for an
-    unbatched ``X`` such as a map's own parameters, once, outside the batch level), so the
-    autograd graph can be back-propagated inside or outside the ``vmap``; functorch's generated
-    rule cannot be back-propagated outside it.
+    exponential of a ``2m × 2m`` block matrix backward; this costs one ``eigh`` and two matrix
+    products forward, four backward. A backward that is itself differentiated
+    (``create_graph=True``, nested ``torch.func.grad``) uses the block form :func:`_frechet_exp`,
+    differentiable in ``X``. ``Λ`` and ``Q`` are constants to autograd (the gradient reaches
+    ``X`` through the formula above). Under ``vmap`` the rule below calls the function on the
+    whole batch of matrices (or, for an unbatched ``X`` such as a map's own parameters, once,
+    outside the batch level), so the autograd graph can be back-propagated inside or outside the
+    ``vmap``; functorch's generated rule cannot be back-propagated outside it.
     """
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
-        lam, q = torch.linalg.eigh(x)
-        qt = q.mT
-        a = (q * torch.exp(lam).unsqueeze(-2)) @ qt
-        return torch.stack([a, (q * torch.exp(-lam).unsqueeze(-2)) @ qt], dim=-3)
+    def forward(x: Tensor, lam: Tensor, q: Tensor) -> Tensor:  # type: ignore[override]
+        return (q * torch.exp(lam).unsqueeze(-2)) @ q.mT
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        (x,) = inputs
-        with torch.no_grad():
-            lam, q = torch.linalg.eigh(x.detach())
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+        x, lam, q = inputs
         ctx.save_for_backward(x, lam, q)
         ctx.save_for_forward(lam, q)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         x, lam, q = ctx.saved_tensors
-        ga, ginv = grad.unbind(-3)
         if torch.is_grad_enabled():  # the backward is differentiated: a differentiable form
-            return _frechet_exp(x, ga) - _frechet_exp(-x, ginv)
-        qt = q.mT
-        inner = _divided_exp(lam) * (qt @ ga @ q) - _divided_exp(-lam) * (qt @ ginv @ q)
-        return q @ inner @ qt
+            return _frechet_exp(x, grad), None, None
+        return q @ (_divided_exp(lam) * (q.mT @ grad @ q)) @ q.mT, None, None
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[int | None], x: Tensor) -> tuple[Tensor, int | None]:  # type: ignore[override]
-        (dim,) = in_dims
-        if dim is None:
-            return _SymExpPair.apply(x), None
-        return _SymExpPair.apply(x.movedim(dim, 0)), 0
+    def vmap(  # type: ignore[override]
+        info: Any, in_dims: tuple[int | None, ...], x: Tensor, lam: Tensor, q: Tensor
+    ) -> tuple[Tensor, int | None]:
+        if all(dim is None for dim in in_dims):
+            return _SymExp.apply(x, lam, q), None
+        inputs = [
+            t.movedim(dim, 0) if dim is not None else t.expand(info.batch_size, *t.shape)
+            for t, dim in zip((x, lam, q), in_dims)
+        ]
+        return _SymExp.apply(*inputs), 0
 
     @staticmethod
-    def jvp(ctx: Any, dx: Tensor) -> Tensor:  # type: ignore[override]
+    def jvp(ctx: Any, dx: Tensor, *_: Any) -> Tensor:  # type: ignore[override]
         lam, q = ctx.saved_tensors
-        qt = q.mT
-        inner = qt @ dx @ q
-        da = q @ (_divided_exp(lam) * inner) @ qt
-        return torch.stack([da, -(q @ (_divided_exp(-lam) * inner) @ qt)], dim=-3)
+        return q @ (_divided_exp(lam) * (q.mT @ dx @ q)) @ q.mT
 
 
-def sym_exp_pair(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(matrix_exp(x), matrix_exp(-x))`` for symmetric ``x`` (batched), see :class:`_SymExpPair`."""
-    a, ainv = _SymExpPair.apply(x).unbind(-3)
-    return a, ainv
+def sym_exp(x: Tensor) -> Tensor:
+    """``matrix_exp(x)`` for symmetric ``x`` (batched) from one ``eigh``, see :class:`_SymExp`."""
+    with torch.no_grad():
+        lam, q = torch.linalg.eigh(x.detach())
+    return cast(Tensor, _SymExp.apply(x, lam, q))
 
 
 def _mode_sizes(shape: torch.Size) -> tuple[int, ...]:
@@ -211,7 +206,7 @@ class Kronecker(MirrorMap):
     :math:`\operatorname{sym} S_j`). Identity at initialization (:math:`S_j = 0`), so
     meta-training starts as MAML. Cost per ``to_primal``: :math:`O(d \sum_j m_j)` for the mode
     products plus :math:`O(\sum_j m_j^3)` for the factors' exponentials (one batched ``eigh``
-    per distinct factor size, :func:`sym_exp_pair`); no :math:`d \times d` matrix is ever built.
+    per distinct factor size, :func:`sym_exp`); no :math:`d \times d` matrix is ever built.
 
     Note:
         Meta-Curvature (Park & Oliva, 2019) learns *unconstrained* factors :math:`M_o, M_i, M_f`
@@ -310,26 +305,25 @@ class Kronecker(MirrorMap):
         return self._factor_lists([name], inverse)[name]
 
     def _factor_lists(self, names: list[str], inverse: bool) -> dict[str, list[Tensor]]:
-        """Factors of several tensors; dense ones of equal size share one batched eigh (sym_exp_pair)."""
+        """Factors of several tensors; dense ones of equal size share one batched eigh (sym_exp)."""
         sign = -1.0 if inverse else 1.0
         logs = {name: self._logs(name) for name in names}
         dense: dict[int, list[tuple[str, int, Tensor]]] = {}  # size m → (name, mode, S)
         for name, entries in logs.items():
             for j, s in enumerate(entries):
-                if s.ndim == 2:
+                if s.ndim == 2 and s.shape[0] > 1:
                     dense.setdefault(s.shape[0], []).append((name, j, s))
-        out = {
-            name: [torch.exp(sign * s) if s.ndim < 2 else s for s in entries]
+        out = {  # diagonal factors and 1 × 1 matrices (exp of a number): elementwise
+            name: [torch.exp(sign * s) if s.ndim < 2 or s.shape[0] <= 1 else s for s in entries]
             for name, entries in logs.items()
         }
         for group in dense.values():
             stacked = torch.stack([s for _, _, s in group])
             sym = 0.5 * (stacked + stacked.mT)
             if sym.dtype in _LOW_PRECISION:  # no half-precision eigh; exp is off by ~1e4 there
-                pair = sym_exp_pair(sym.float())
-                exps = pair[1 if inverse else 0].to(sym.dtype)
+                exps = sym_exp(sign * sym.float()).to(sym.dtype)
             else:
-                exps = sym_exp_pair(sym)[1 if inverse else 0]
+                exps = sym_exp(sign * sym)
             for (name, j, _), a in zip(group, exps.unbind(0)):
                 out[name][j] = a
         return out

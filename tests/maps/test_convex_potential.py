@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mirroropt
+import mirroropt.maps._convex_potential as cp_module
 from mirroropt.maps import MAPS, ConvexPotential
-from mirroropt.maps._convex_potential import GEMM_MIN_ROWS
+from mirroropt.maps._convex_potential import FLAT_MAX_NUMEL, GEMM_MIN_ROWS
 from mirroropt.testing import (
     check_differentiable,
     check_gradient_field,
@@ -180,8 +181,8 @@ def test_gradcheck_through_two_adapt_steps_from_z() -> None:
     assert check_differentiable(g, loss_fn, z=z0, lr=0.4, steps=2).passed
 
 
-def test_vmap_over_tasks_equals_loop_with_meta_gradients() -> None:
-    """torch.func.grad inside the map, nested in vmap over tasks and in an outer backward."""
+def test_vmap_over_tasks_equals_loop_with_meta_gradients(layout: list[int]) -> None:
+    """The map inside vmap over tasks and in an outer backward, either layout."""
     z0, _, _ = tiny_problem(1)
     g = perturbed(ConvexPotential(z0, hidden=3), scale=0.8, seed=7)
     theta = {n: torch.nn.Parameter(t.clone()) for n, t in z0.items()}
@@ -205,6 +206,7 @@ def test_vmap_over_tasks_equals_loop_with_meta_gradients() -> None:
     assert float((l_v - l_l).abs().max()) < 1e-12
     assert max(float((a - b).abs().max()) for a, b in zip(g_v, g_l)) < 1e-10
     assert max(float(a.abs().max()) for a in g_v) > 1e-4  # the meta-gradient is not trivially 0
+    assert bool(layout) == (cp_module.FLAT_MAX_NUMEL > 0)
 
 
 def test_solve_dual_and_dual_init() -> None:
@@ -342,10 +344,30 @@ GROUPED = {
 }
 
 
+@pytest.fixture(params=["grouped", "flat"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Small tensors of several shapes: one evaluation per shape ("grouped", FLAT_MAX_NUMEL = 0),
+    or one over all their coordinates ("flat", the default). Yields the flat evaluations' sizes."""
+    if request.param == "grouped":
+        monkeypatch.setattr(cp_module, "FLAT_MAX_NUMEL", 0)
+    calls: list[int] = []
+    flat = cp_module._icnn_gradient_flat
+
+    def counted(z: torch.Tensor, layout: Any) -> torch.Tensor:
+        calls.append(z.shape[-1])
+        return flat(z, layout)
+
+    monkeypatch.setattr(cp_module, "_icnn_gradient_flat", counted)
+    return calls
+
+
 @pytest.mark.parametrize("weights", ["softplus", "sigmoid"])
-def test_grouped_closed_form_equals_autograd_and_passes_gradcheck(weights: str) -> None:
-    """The folded closed form (diag(v)W, diag(v)B1 precomputed) for groups of equal shapes:
-    equal to autograd of the potential, and gradcheck/gradgradcheck w.r.t. z and every weight."""
+def test_grouped_closed_form_equals_autograd_and_passes_gradcheck(
+    weights: str, layout: list[int]
+) -> None:
+    """The folded closed form (diag(v)W, diag(v)B1 precomputed) for groups of equal shapes and
+    for the flat layout of small tensors: equal to autograd of the potential, and
+    gradcheck/gradgradcheck w.r.t. z and every weight."""
     g = perturbed(ConvexPotential(GROUPED, hidden=2, weights=weights), scale=1.0, seed=7)  # type: ignore[arg-type]
     for seed, bound in ((0, 3.0), (1, 60.0)):
         z = _random(seed, bound, GROUPED)
@@ -366,3 +388,27 @@ def test_grouped_closed_form_equals_autograd_and_passes_gradcheck(weights: str) 
     inputs = (*z, *[w.detach().clone().requires_grad_() for w in weights_])
     assert torch.autograd.gradcheck(primal, inputs)
     assert torch.autograd.gradgradcheck(primal, inputs)
+    # the flat layout took every tensor (all have ≤ FLAT_MAX_NUMEL coordinates): 6 + 2 + 6 + 2 + 1
+    assert set(layout) <= {17}
+
+
+def test_flat_layout_takes_only_small_tensors_of_several_shapes(layout: list[int]) -> None:
+    """A big kernel keeps its own evaluation, a 0-size tensor and the small ones are right too."""
+    shapes = {
+        "big.weight": torch.Size((8, FLAT_MAX_NUMEL // 8 + 1)),
+        "big.bias": torch.Size((8,)),
+        "empty": torch.Size((0, 3)),
+        "fc.weight": torch.Size((3, 5)),
+        "fc.bias": torch.Size((3,)),
+        "scale": torch.Size(()),
+    }
+    g = _trained(shapes, scale=1.0, seed=4, hidden=3)
+    z = _random(5, 3.0, shapes)
+    closed, reference = g.to_primal(z), _autograd_to_primal(g, z)
+    for n in shapes:
+        torch.testing.assert_close(closed[n], reference[n], rtol=1e-12, atol=1e-12)
+    nonempty = {n: s for n, s in shapes.items() if s.numel()}
+    assert _max_err({n: closed[n] for n in nonempty}, _by_hand(g, z, nonempty)) < 1e-12
+    assert closed["empty"].shape == (0, 3)
+    grouped = cp_module.FLAT_MAX_NUMEL == 0
+    assert layout == ([] if grouped else [8 + 15 + 3 + 1])
