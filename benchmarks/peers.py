@@ -329,7 +329,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             ratios[name].append(row[name] / row["torch.func vmap"])
         print(f"[{norm}] round {len(times[names[0]])}/{args.rounds}", file=sys.stderr, flush=True)
 
-    def own_ratio(name: str) -> float | None:
+    def own_gd(name: str) -> str | None:
         """Integrations against their own GD: higher SGD, or MirrorMAML with the identity map."""
         ref = (
             "higher SGD"
@@ -338,15 +338,29 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             if name.startswith("via MirrorMAML")
             else None
         )
-        if ref is None or ref not in times:
+        return ref if ref in times else None
+
+    def own_ratio(name: str) -> float | None:
+        ref = own_gd(name)
+        if ref is None:
             return None
         return statistics.median(a / b for a, b in zip(times[name], times[ref]))
+
+    def own_best(name: str) -> float | None:
+        ref = own_gd(name)
+        return None if ref is None else min(times[name]) / min(times[ref])
+
+    floor = times["torch.func vmap"]
 
     return {
         name: {
             "vs_own_gd": own_ratio(name),
+            "vs_own_gd_best": own_best(name),
             "ms": 1e3 * statistics.median(times[name]),
             "ratio": statistics.median(ratios[name]),
+            # best of rounds over the floor's best: interference only ever adds time, so on a
+            # machine shared with other tenants the minima are the steadier estimate
+            "ratio_best": min(times[name]) / min(floor),
             "ratio_min": min(ratios[name]),
             "ratio_max": max(ratios[name]),
             "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,  # type: ignore[operator]
@@ -362,7 +376,8 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         f"Conv4-{args.width}, {args.size}×{args.size}×{args.channels}, {args.ways}-way "
         f"{args.shots}-shot, {args.queries} queries, meta-batch {args.tasks}, K = {args.steps}, "
         f"{args.device}, {args.rounds} interleaved rounds; ratio = median over rounds of the "
-        f"method's time / hand-written torch.func vmap GD's time in the same round; ms = median "
+        f"method's time / hand-written torch.func vmap GD's time in the same round; best = the "
+        f"method's fastest round / the floor's fastest round; ms = median "
         f"{'CPU' if args.device == 'cpu' else 'wall'} time per meta-iteration; "
         + (
             "faults/it = median minor page faults per meta-iteration"
@@ -378,11 +393,11 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         ),
         "",
         "| method | "
-        + " | ".join(f"{n}: ratio [min–max] | {n}: ms" for n in norms)
+        + " | ".join(f"{n}: ratio [min–max] | {n}: best | {n}: ms" for n in norms)
         + " | "
         + " | ".join(f"{n}: {'faults/it' if args.device == 'cpu' else 'peak MB'}" for n in norms)
         + " |",
-        "|---" * (1 + 3 * len(norms)) + "|",
+        "|---" * (1 + 4 * len(norms)) + "|",
     ]
     all_names = sorted(dict.fromkeys(n for r in results.values() for n in r), key=_order)
     for name in all_names:
@@ -390,9 +405,13 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         for norm in norms:
             r = results[norm].get(name)
             cells += (
-                [f"{r['ratio']:.2f} [{r['ratio_min']:.2f}–{r['ratio_max']:.2f}]", f"{r['ms']:.0f}"]
+                [
+                    f"{r['ratio']:.2f} [{r['ratio_min']:.2f}–{r['ratio_max']:.2f}]",
+                    f"{r['ratio_best']:.2f}",
+                    f"{r['ms']:.0f}",
+                ]
                 if r
-                else ["—", "—"]
+                else ["—", "—", "—"]
             )
         for norm in norms:  # CPU: minor page faults per meta-iteration; CUDA: peak memory
             r = results[norm].get(name)
@@ -404,16 +423,18 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         lines += [
             "",
             "Integrations against their own gradient descent (median per-round time ratio to "
-            "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`):",
+            "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`; "
+            "best: fastest round over its fastest round):",
             "",
-            "| method | " + " | ".join(f"{n}: vs own GD" for n in norms) + " |",
-            "|---" * (1 + len(norms)) + "|",
+            "| method | " + " | ".join(f"{n}: vs own GD | {n}: best" for n in norms) + " |",
+            "|---" * (1 + 2 * len(norms)) + "|",
         ]
         for name in own:
             cells = []
             for norm in norms:
-                r = results[norm].get(name, {}).get("vs_own_gd")
-                cells.append("—" if r is None else f"{r:.2f}")
+                r = results[norm].get(name, {})
+                for key in ("vs_own_gd", "vs_own_gd_best"):
+                    cells.append("—" if r.get(key) is None else f"{r[key]:.2f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

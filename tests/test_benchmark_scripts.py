@@ -47,7 +47,9 @@ def test_peers_writes_ratios_and_page_faults_per_method(
     table = capsys.readouterr().out
     assert "group: faults/it" in table and "| mirroropt identity |" in table
     rows = json.loads(out.read_text())["results"]["group"]
-    assert rows["torch.func vmap"]["ratio"] == 1.0
+    assert rows["torch.func vmap"]["ratio"] == rows["torch.func vmap"]["ratio_best"] == 1.0
+    assert all(r["ratio_best"] > 0 for r in rows.values())
+    assert "group: best" in table
     assert {"torch.func loop", "higher SGD", "TorchOpt MetaSGD", "mirroropt identity"} <= set(rows)
     assert all(r["minor_faults"] == 7 for r in rows.values())
     assert "| 7 |" in table
@@ -104,3 +106,35 @@ def test_maps_ab_compares_a_map_file_at_a_revision_with_the_working_tree(maps_ab
     for row in ("mirroropt kronecker", "via higher kronecker", "via MirrorMAML kronecker"):
         assert f"| {row} |" in out
     assert "before = HEAD" in out and "keeps freed memory" not in out
+
+
+def test_peers_best_is_the_fastest_round_over_the_floors_fastest(peers, tmp_path, monkeypatch):
+    import json
+    import random
+
+    rng = random.Random(0)
+    consumed: list[float] = []
+    now = [0.0]
+    calls = [0]
+
+    def clock() -> float:  # start/stop pairs; each stop adds a random duration
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            consumed.append(rng.uniform(1.0, 2.0))
+            now[0] += consumed[-1]
+        return now[0]
+
+    monkeypatch.setattr(peers.time, "process_time", clock)
+    out = tmp_path / "peers.json"
+    only = ["--norms", "group", "--maps", "identity", "--integration-maps", "identity"]
+    peers.main(["--rounds", "3", *only, *TINY, "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]["group"]
+    names = list(rows)
+    timed = consumed[len(names) :]  # after one warm-up call per method
+    per = {n: timed[i :: len(names)] for i, n in enumerate(names)}
+    for name, r in rows.items():
+        assert r["ratio_best"] == pytest.approx(min(per[name]) / min(per["torch.func vmap"]))
+    own = rows["via MirrorMAML identity"]
+    assert own["vs_own_gd_best"] == pytest.approx(1.0)
+    mm = min(per["via higher identity"]) / min(per["higher SGD"])
+    assert rows["via higher identity"]["vs_own_gd_best"] == pytest.approx(mm)
