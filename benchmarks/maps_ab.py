@@ -11,8 +11,17 @@ after / before. Only the map's own file (``mirroropt/maps/_<map>.py``) is taken 
 ``--before``; the rest of the library is the working tree's. Both versions get the same weights,
 moved off their identity initialization so that the maps do their full work.
 
+``--kernel`` times the maps' own work alone, without the backbone (whose share of a
+meta-iteration hides a few percent of map time in this machine's noise): per round and map,
+``prepared()`` and K + 1 applications vmapped over the meta-batch (the dual iterates of
+``mirroropt.adapt``), then ``backward()`` of their sum of squares into the map's weights and the
+iterates; and, for maps with ``to_dual``, the same per task without ``vmap`` (what ``MirrorMAML``
+and ``higher`` run for each task). Reported: median times, after / before paired per round, and
+the ratio of the fastest rounds.
+
     nice -n 15 env OMP_NUM_THREADS=1 python benchmarks/maps_ab.py --before b172d2e --rounds 10
     python benchmarks/maps_ab.py --before 9ed81b4 --maps convex_potential --keep-freed-memory
+    python benchmarks/maps_ab.py --before 6e3a564 --kernel --rounds 21
 """
 
 from __future__ import annotations
@@ -152,6 +161,86 @@ def run(args: argparse.Namespace, norm: str, folder: Path) -> list[str]:
     return lines
 
 
+def kernel_steps(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """The maps' own work per meta-iteration (``--kernel``), before and after, on Conv4's shapes."""
+    from torch.func import vmap
+
+    torch.manual_seed(0)
+    model = Conv4(args.ways, in_channels=args.channels, width=args.width, image_size=args.size)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(3)
+    iterates = [  # K + 1 dual iterates per task, [B, *shape]
+        {
+            n: (p + 0.01 * torch.randn((args.tasks, *p.shape), generator=gen)).requires_grad_()
+            for n, p in params.items()
+        }
+        for _ in range(args.steps + 1)
+    ]
+    methods: dict[str, Any] = {}
+    for name in args.maps:
+        after = mo.maps.MAPS[name](model)
+        with torch.no_grad():
+            for p in after.parameters():
+                p.add_(args.perturb * torch.randn(p.shape, generator=gen))
+        before = old_map_class(name, args.before, folder)(model)
+        before.load_state_dict(after.state_dict())
+        for tag, g_map in (("before", before), ("after", after)):
+
+            def batched(g_map: mo.MirrorMap = g_map) -> None:
+                g = g_map.prepared()
+                outs = [vmap(g)(z) for z in iterates]
+                sum((o * o).sum() for out in outs for o in out.values()).backward()
+
+            methods[f"{tag} kernel {name}"] = batched
+            if g_map.has_to_dual:
+
+                def per_task(g_map: mo.MirrorMap = g_map) -> None:
+                    for b in range(args.tasks):
+                        g = g_map.prepared()
+                        outs = [g({n: t[b] for n, t in z.items()}) for z in iterates]
+                        sum((o * o).sum() for out in outs for o in out.values()).backward()
+
+                methods[f"{tag} kernel {name} per task"] = per_task
+    return methods
+
+
+def run_kernels(args: argparse.Namespace, folder: Path) -> list[str]:
+    methods = kernel_steps(args, folder)
+
+    def once(name: str) -> float:
+        start = time.process_time()
+        methods[name]()
+        return time.process_time() - start
+
+    for name in methods:
+        once(name)
+    times: dict[str, list[float]] = {n: [] for n in methods}
+    for r in range(args.rounds):
+        for name in methods:
+            times[name].append(once(name))
+        print(f"[kernel] round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    lines = [
+        f"**The maps' own work** (Conv4-{args.width} shapes, {args.steps + 1} applications, "
+        f"meta-batch {args.tasks}; {args.rounds} rounds; after / before: median of per-round "
+        "ratios [min–max], and fastest round over fastest round)",
+        "",
+        "| method | before: ms | after: ms | after / before | best after / best before |",
+        "|---|---|---|---|---|",
+    ]
+    for name in methods:
+        if not name.startswith("after "):
+            continue
+        before = "before " + name.removeprefix("after ")
+        values = [a / b for a, b in zip(times[name], times[before])]
+        lines.append(
+            f"| {name.removeprefix('after ')} | {1e3 * statistics.median(times[before]):.1f} "
+            f"| {1e3 * statistics.median(times[name]):.1f} "
+            f"| {statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}] "
+            f"| {min(times[name]) / min(times[before]):.2f} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision of the 'before' map files")
@@ -160,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         "--norms", nargs="+", choices=["group", "batch"], default=["group", "batch"]
     )
     parser.add_argument("--no-integrations", dest="integrations", action="store_false")
+    parser.add_argument(
+        "--kernel", action="store_true", help="time the maps' own work alone (no backbone)"
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--perturb", type=float, default=0.1, help="std of the weight offset")
     parser.add_argument(
@@ -174,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     args.device = "cpu"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        for norm in args.norms:
+        if args.kernel:
+            print("\n".join(run_kernels(args, Path(folder))) + "\n", flush=True)
+        for norm in [] if args.kernel else args.norms:
             print("\n".join(run(args, norm, Path(folder))) + "\n", flush=True)
     print(
         f"wall time {time.perf_counter() - start:.0f} s; torch {torch.__version__}; "

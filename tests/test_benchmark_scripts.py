@@ -108,6 +108,17 @@ def test_maps_ab_compares_a_map_file_at_a_revision_with_the_working_tree(maps_ab
     assert "before = HEAD" in out and "keeps freed memory" not in out
 
 
+def test_maps_ab_kernel_times_the_maps_own_work(maps_ab, capsys):
+    """``--kernel``: vmapped rows for every map, per-task rows only for maps with ``to_dual``."""
+    argv = ["--before", "HEAD", "--kernel", "--maps", "kronecker", "convex_potential"]
+    maps_ab.main([*argv, "--rounds", "1", *TINY])
+    out = capsys.readouterr().out
+    for row in ("kernel kronecker", "kernel kronecker per task", "kernel convex_potential"):
+        assert f"| {row} |" in out
+    assert "kernel convex_potential per task" not in out  # no to_dual: it starts from z0
+    assert "| mirroropt kronecker |" not in out  # no meta-iteration rows with --kernel
+
+
 def test_peers_best_is_the_fastest_round_over_the_floors_fastest(peers, tmp_path, monkeypatch):
     import json
     import random
