@@ -66,6 +66,31 @@ def old_map_class(name: str, revision: str, folder: Path) -> type[mo.MirrorMap]:
     return getattr(loaded, cls.__name__)
 
 
+def interleaved(names: list[str], once: Any, rounds: int, label: str) -> dict[str, list[float]]:
+    """One warm-up call per method, then ``rounds`` rounds that time every method once."""
+    for name in names:
+        once(name)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names:
+            times[name].append(once(name))
+        print(f"[{label}] round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+    return times
+
+
+def before_and_after(
+    name: str, model: nn.Module, args: argparse.Namespace, folder: Path, gen: torch.Generator
+) -> tuple[tuple[str, mo.MirrorMap], tuple[str, mo.MirrorMap]]:
+    """The map at ``--before`` and the working tree's, with the same weights moved off identity."""
+    after = mo.maps.MAPS[name](model)
+    with torch.no_grad():
+        for p in after.parameters():
+            p.add_(args.perturb * torch.randn(p.shape, generator=gen))
+    before = old_map_class(name, args.before, folder)(model)
+    before.load_state_dict(after.state_dict())
+    return ("before", before), ("after", after)
+
+
 def build(args: argparse.Namespace, norm: str, folder: Path) -> dict[str, tuple[Any, list]]:
     torch.manual_seed(0)
     model = Conv4(
@@ -86,13 +111,7 @@ def build(args: argparse.Namespace, norm: str, folder: Path) -> dict[str, tuple[
         )
     gen = torch.Generator().manual_seed(3)
     for name in args.maps:
-        after = mo.maps.MAPS[name](model)
-        with torch.no_grad():
-            for p in after.parameters():
-                p.add_(args.perturb * torch.randn(p.shape, generator=gen))
-        before = old_map_class(name, args.before, folder)(model)
-        before.load_state_dict(after.state_dict())
-        for tag, g_map in (("before", before), ("after", after)):
+        for tag, g_map in before_and_after(name, model, args, folder, gen):
             z0: dict[str, Tensor] = {}
             if peers.uses_z0(g_map):
                 z0 = {n: nn.Parameter(p.detach().clone()) for n, p in model.named_parameters()}
@@ -122,13 +141,7 @@ def run(args: argparse.Namespace, norm: str, folder: Path) -> list[str]:
         step()
         return time.process_time() - start
 
-    for name in methods:
-        once(name)
-    times: dict[str, list[float]] = {n: [] for n in methods}
-    for r in range(args.rounds):
-        for name in methods:
-            times[name].append(once(name))
-        print(f"[{norm}] round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    times = interleaved(list(methods), once, args.rounds, norm)
 
     def ratio(a: str, b: str) -> str:
         values = [x / y for x, y in zip(times[a], times[b])]
@@ -178,13 +191,7 @@ def kernel_steps(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     ]
     methods: dict[str, Any] = {}
     for name in args.maps:
-        after = mo.maps.MAPS[name](model)
-        with torch.no_grad():
-            for p in after.parameters():
-                p.add_(args.perturb * torch.randn(p.shape, generator=gen))
-        before = old_map_class(name, args.before, folder)(model)
-        before.load_state_dict(after.state_dict())
-        for tag, g_map in (("before", before), ("after", after)):
+        for tag, g_map in before_and_after(name, model, args, folder, gen):
 
             def batched(g_map: mo.MirrorMap = g_map) -> None:
                 g = g_map.prepared()
@@ -212,13 +219,7 @@ def run_kernels(args: argparse.Namespace, folder: Path) -> list[str]:
         methods[name]()
         return time.process_time() - start
 
-    for name in methods:
-        once(name)
-    times: dict[str, list[float]] = {n: [] for n in methods}
-    for r in range(args.rounds):
-        for name in methods:
-            times[name].append(once(name))
-        print(f"[kernel] round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    times = interleaved(list(methods), once, args.rounds, "kernel")
     lines = [
         f"**The maps' own work** (Conv4-{args.width} shapes, {args.steps + 1} applications, "
         f"meta-batch {args.tasks}; {args.rounds} rounds; after / before: median of per-round "

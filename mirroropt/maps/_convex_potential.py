@@ -300,7 +300,10 @@ class ConvexPotential(MirrorMap):
         """
         folded = _fold_weights(tuple(torch.stack(list(w)) for w in zip(*map(self._weights, names))))
         device, dtype = folded[0].device, folded[0].dtype
-        tensor_of, row_of, per_row, per_tensor = [], [], [], []
+        tensor_of: list[int] = []
+        row_of: list[int] = []
+        per_row: list[float] = []
+        per_tensor: list[float] = []
         for t, name in enumerate(names):
             shape = self.shapes[name]
             rows = shape[0] if len(shape) > 0 else 1
