@@ -57,7 +57,32 @@ def _batched_mode_product(x: Tensor, mats: Sequence[Tensor], first: int) -> Tens
     return x
 
 
-def _lift(cores: Tensor, lift: Sequence[Tensor], core: torch.Size) -> Tensor:
+def _merged_modes(mats: Sequence[Tensor]) -> list[Tensor]:
+    r"""Mode factors (``[p_k, q_k]``, or ``[G, p_k, q_k]`` for a group) with the modes after the first
+    merged into one.
+
+    :math:`M_2 \otimes \cdots \otimes M_m` (``[G, p_2\cdots p_m, q_2\cdots q_m]``, the row-major
+    order of the merged mode's entries) is one small matrix (``[G, 8, 288]`` for a rank-2 factor
+    of a 32×32×3×3 kernel), so a conv block's mode product is two products instead of four — the
+    same linear map, a fraction of the operators under ``vmap``. Tensors of up to two modes are
+    returned as they are.
+    """
+    if len(mats) <= 2:
+        return list(mats)
+    rest = mats[1]
+    for m in mats[2:]:
+        *lead, p, q = rest.shape
+        product = rest[..., :, None, :, None] * m[..., None, :, None, :]
+        rest = product.reshape(*lead, p * m.shape[-2], q * m.shape[-1])
+    return [mats[0], rest]
+
+
+def _merged_size(sizes: Sequence[int]) -> tuple[int, ...]:
+    """The mode sizes of :func:`_merged_modes`: the first, and the product of the others."""
+    return tuple(sizes) if len(sizes) <= 2 else (sizes[0], math.prod(sizes[1:]))
+
+
+def _lift(cores: Tensor, lift: Sequence[Tensor], core: Sequence[int]) -> Tensor:
     """A decoder group's ``[G, c, numel(core)]`` cores times its lift factors: ``[G, c, numel]``."""
     g, c = cores.shape[:2]
     return _batched_mode_product(cores.reshape(g, c, *core), lift, first=2).reshape(g, c, -1)
@@ -390,10 +415,12 @@ class BlockIAF(MirrorMap):
         encoders = []
         for shape, idx in enc_groups.items():
             group = [blocks[i] for i in idx]
-            down = [torch.stack([b.down[k] for b in group]) for k in range(len(shape))]
+            down = _merged_modes(
+                [torch.stack([b.down[k] for b in group]) for k in range(len(shape))]
+            )
             weight = torch.stack([b.enc_out.weight for b in group])  # type: ignore[union-attr]
-            encoders.append((idx, down, weight))
-        order = [i for idx, _, _ in encoders for i in idx]
+            encoders.append((idx, _merged_size(shape), down, weight))
+        order = [i for idx, *_ in encoders for i in idx]
         # row r of the concatenated encodings belongs to block order[r]; rows in block order (a
         # Python permutation, not an index tensor: no host-to-device copy per call)
         to_block_order = sorted(range(len(order)), key=order.__getitem__)
@@ -401,8 +428,10 @@ class BlockIAF(MirrorMap):
         decoders = []
         for shape, idx in dec_groups.items():
             group = [blocks[i] for i in idx]
-            lift = [torch.stack([b.lift[k] for b in group]) for k in range(len(shape))]
-            core = group[0].core
+            lift = _merged_modes(
+                [torch.stack([b.lift[k] for b in group]) for k in range(len(shape))]
+            )
+            core = _merged_size(group[0].core)
             dec_w = torch.stack([b.dec_in.weight for b in group]).mT  # type: ignore[union-attr]
             dec_b = torch.stack([b.dec_in.bias for b in group]).unsqueeze(1)  # type: ignore[union-attr]
             head_w = torch.stack([b.head_weight for b in group]).mT  # type: ignore[misc]
@@ -420,8 +449,8 @@ class BlockIAF(MirrorMap):
             if len(names) == 1:
                 return out
             encodings = []
-            for idx, down, weight in encoders:
-                zs = torch.stack([z[names[i]] for i in idx])  # [G, *shape]
+            for idx, sizes, down, weight in encoders:
+                zs = torch.stack([z[names[i]].reshape(sizes) for i in idx])  # [G, *merged shape]
                 code = torch.tanh(_batched_mode_product(zs, down, first=1).reshape(len(idx), 1, -1))
                 encodings.append(torch.bmm(code, weight.mT))  # [G, 1, width]
             rows = torch.cat(encodings).squeeze(1).unbind(0)

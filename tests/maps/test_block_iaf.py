@@ -23,6 +23,8 @@ from mirroropt import MirrorDescent, adapt, adapt_trajectory, map_tasks
 from mirroropt.maps import MAPS, BlockIAF, Identity
 from mirroropt.maps._block_iaf import (
     _batched_mode_product,
+    _merged_modes,
+    _merged_size,
     _mode_product,
     _squared_spectral_norms,
 )
@@ -188,6 +190,24 @@ def test_batched_mode_product_is_the_mode_product_of_each_group_member() -> None
     for g in range(3):
         want = _mode_product(x[g], [m[g] for m in mats], first=1)
         torch.testing.assert_close(out[g], want, rtol=1e-12, atol=1e-12)
+
+
+def test_merged_modes_are_the_kronecker_product_of_the_trailing_factors() -> None:
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(2, 4), (3, 3), (1, 2), (2, 5)]
+    mats = [torch.randn(3, r, n, generator=gen, dtype=torch.float64) for r, n in shapes]
+    first, rest = _merged_modes(mats)
+    assert first is mats[0] and rest.shape == (3, 3 * 1 * 2, 3 * 2 * 5)
+    for g in range(3):
+        want = torch.kron(torch.kron(mats[1][g], mats[2][g]), mats[3][g])
+        torch.testing.assert_close(rest[g], want, rtol=0, atol=0)
+    # the merged product is the four-mode product, on a [G, c, 4, 3, 2, 5] batch of cores
+    x = torch.randn(3, 2, 4, 3, 2, 5, generator=gen, dtype=torch.float64)
+    merged = _batched_mode_product(x.reshape(3, 2, *_merged_size((4, 3, 2, 5))), [first, rest], 2)
+    torch.testing.assert_close(
+        merged.reshape(3, 2, 2, 3, 1, 2), _batched_mode_product(x, mats, 2), rtol=1e-12, atol=1e-12
+    )
+    assert _merged_modes(mats[:2]) == mats[:2] and _merged_size((4, 3)) == (4, 3)
 
 
 def test_squared_spectral_norms_match_svd() -> None:
