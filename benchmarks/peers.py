@@ -16,7 +16,9 @@ Methods:
 * ``TorchOpt MetaSGD``: ``torchopt.MetaSGD`` with ``extract/recover_state_dict``, one backward
   per task (TorchOpt's MAML example);
 * ``mirroropt <map>``: ``mirroropt.adapt`` + ``mirroropt.map_tasks`` (with BatchNorm: its exact
-  ``vmap``, the affine part split out; ``identity loop``: ``strategy="loop"``; ``identity
+  ``vmap``, the affine part split out; ``<map> loop``: ``strategy="loop"``, one task at a time,
+  for identity with BatchNorm and every ``--integration-maps`` map (the integrations' work
+  without their shells: their "vs map loop" ratio is the shell's own cost); ``identity
   params``: ``params=[model, map, z0]``, the per-task meta-gradients inside ``vmap``;
   ``diagonal params loop``: ``params`` with ``strategy="loop"``, the memory-saving mode);
 * ``via higher <map>``: ``higher.innerloop_ctx(model, mirroropt.integrations.higher.MirrorDescent)``;
@@ -245,11 +247,13 @@ def build(
             functional(model, g_map, z0, tasks, lr, k),
             leaves,
         )
-        if name == "identity" and batch:
-            methods["mirroropt identity loop"] = (
+        if name in args.integration_maps or (name == "identity" and batch):
+            # the same map one task at a time: the integrations' work without their shells
+            methods[f"mirroropt {name} loop"] = (
                 functional(model, g_map, z0, tasks, lr, k, strategy="loop"),
                 leaves,
             )
+        if name == "identity" and batch:
             methods["mirroropt identity params"] = (
                 functional(model, g_map, z0, tasks, lr, k, use_params=True),
                 leaves,
@@ -350,12 +354,32 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         ref = own_gd(name)
         return None if ref is None else min(times[name]) / min(times[ref])
 
+    def map_loop(name: str) -> str | None:
+        """An integration's map run by ``mirroropt.adapt`` one task at a time (no shell)."""
+        if not name.startswith(("via higher ", "via MirrorMAML ")):
+            return None
+        ref = f"mirroropt {name.rsplit(' ', 1)[-1]} loop"
+        return ref if ref in times else None
+
+    def loop_ratio(name: str) -> float | None:
+        ref = map_loop(name)
+        if ref is None:
+            return None
+        return statistics.median(a / b for a, b in zip(times[name], times[ref]))
+
+    def loop_best(name: str) -> float | None:
+        ref = map_loop(name)
+        return None if ref is None else min(times[name]) / min(times[ref])
+
     floor = times["torch.func vmap"]
 
     return {
         name: {
             "vs_own_gd": own_ratio(name),
             "vs_own_gd_best": own_best(name),
+            # the shell's own cost: against the same map through mirroropt.adapt, task by task
+            "vs_map_loop": loop_ratio(name),
+            "vs_map_loop_best": loop_best(name),
             "ms": 1e3 * statistics.median(times[name]),
             "ratio": statistics.median(ratios[name]),
             # best of rounds over the floor's best: interference only ever adds time, so on a
@@ -424,16 +448,23 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
             "",
             "Integrations against their own gradient descent (median per-round time ratio to "
             "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`; "
-            "best: fastest round over its fastest round):",
+            "best: fastest round over its fastest round; vs map loop: against the same map "
+            "through `mirroropt.adapt` one task at a time, `mirroropt <map> loop` — the shell's "
+            "own cost):",
             "",
-            "| method | " + " | ".join(f"{n}: vs own GD | {n}: best" for n in norms) + " |",
-            "|---" * (1 + 2 * len(norms)) + "|",
+            "| method | "
+            + " | ".join(
+                f"{n}: vs own GD | {n}: best | {n}: vs map loop | {n}: best" for n in norms
+            )
+            + " |",
+            "|---" * (1 + 4 * len(norms)) + "|",
         ]
+        keys = ("vs_own_gd", "vs_own_gd_best", "vs_map_loop", "vs_map_loop_best")
         for name in own:
             cells = []
             for norm in norms:
                 r = results[norm].get(name, {})
-                for key in ("vs_own_gd", "vs_own_gd_best"):
+                for key in keys:
                     cells.append("—" if r.get(key) is None else f"{r[key]:.2f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

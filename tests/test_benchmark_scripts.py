@@ -149,3 +149,10 @@ def test_peers_best_is_the_fastest_round_over_the_floors_fastest(peers, tmp_path
     assert own["vs_own_gd_best"] == pytest.approx(1.0)
     mm = min(per["via higher identity"]) / min(per["higher SGD"])
     assert rows["via higher identity"]["vs_own_gd_best"] == pytest.approx(mm)
+    # the shells against the same map through mirroropt.adapt, task by task
+    for shell in ("via higher identity", "via MirrorMAML identity"):
+        want = min(per[shell]) / min(per["mirroropt identity loop"])
+        assert rows[shell]["vs_map_loop_best"] == pytest.approx(want)
+        paired = sorted(a / b for a, b in zip(per[shell], per["mirroropt identity loop"]))
+        assert rows[shell]["vs_map_loop"] == pytest.approx(paired[1])  # median of 3
+    assert rows["mirroropt identity"]["vs_map_loop"] is None

@@ -394,10 +394,12 @@ class BlockIAF(MirrorMap):
 
         Once per call: :math:`\kappa` (spectral norms, ``monotone=True``), the first block's scale
         and shift (no context), the constant scales of ``monotone=True``, and, for every group of
-        blocks of one shape, their stacked encoder and decoder weights. Per application the encodings :math:`e_j(z_j)` depend on
-        :math:`z_j` alone, so all of them are computed at once (one batched evaluation per shape
-        group), the contexts :math:`c_B = \sum_{j<B} e_j` are one prefix sum (the same left-to-right
-        additions as block by block), and all decoders then run batched per shape group.
+        blocks of one shape, their stacked encoder and decoder weights, the factors of the modes
+        after the first merged into one (:func:`_merged_modes`: two products per block). Per
+        application the encodings :math:`e_j(z_j)` depend on :math:`z_j` alone, so all of them
+        are computed at once (one batched evaluation per shape group), the contexts
+        :math:`c_B = \sum_{j<B} e_j` are one prefix sum (the same left-to-right additions as
+        block by block), and all decoders then run batched per shape group.
         """
         kappa = self._kappa() if self.monotone else None
         names = list(self.shapes)
