@@ -344,16 +344,6 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         )
         return ref if ref in times else None
 
-    def own_ratio(name: str) -> float | None:
-        ref = own_gd(name)
-        if ref is None:
-            return None
-        return statistics.median(a / b for a, b in zip(times[name], times[ref]))
-
-    def own_best(name: str) -> float | None:
-        ref = own_gd(name)
-        return None if ref is None else min(times[name]) / min(times[ref])
-
     def map_loop(name: str) -> str | None:
         """An integration's map run by ``mirroropt.adapt`` one task at a time (no shell)."""
         if not name.startswith(("via higher ", "via MirrorMAML ")):
@@ -361,25 +351,25 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         ref = f"mirroropt {name.rsplit(' ', 1)[-1]} loop"
         return ref if ref in times else None
 
-    def loop_ratio(name: str) -> float | None:
-        ref = map_loop(name)
+    def paired(name: str, ref: str | None) -> float | None:
+        """Median over rounds of ``name``'s time / ``ref``'s in the same round."""
         if ref is None:
             return None
         return statistics.median(a / b for a, b in zip(times[name], times[ref]))
 
-    def loop_best(name: str) -> float | None:
-        ref = map_loop(name)
+    def best(name: str, ref: str | None) -> float | None:
+        """``name``'s fastest round over ``ref``'s fastest round."""
         return None if ref is None else min(times[name]) / min(times[ref])
 
     floor = times["torch.func vmap"]
 
     return {
         name: {
-            "vs_own_gd": own_ratio(name),
-            "vs_own_gd_best": own_best(name),
+            "vs_own_gd": paired(name, own_gd(name)),
+            "vs_own_gd_best": best(name, own_gd(name)),
             # the shell's own cost: against the same map through mirroropt.adapt, task by task
-            "vs_map_loop": loop_ratio(name),
-            "vs_map_loop_best": loop_best(name),
+            "vs_map_loop": paired(name, map_loop(name)),
+            "vs_map_loop_best": best(name, map_loop(name)),
             "ms": 1e3 * statistics.median(times[name]),
             "ratio": statistics.median(ratios[name]),
             # best of rounds over the floor's best: interference only ever adds time, so on a
