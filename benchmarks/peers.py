@@ -361,8 +361,6 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         """``name``'s fastest round over ``ref``'s fastest round."""
         return None if ref is None else min(times[name]) / min(times[ref])
 
-    floor = times["torch.func vmap"]
-
     return {
         name: {
             "vs_own_gd": paired(name, own_gd(name)),
@@ -374,7 +372,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             "ratio": statistics.median(ratios[name]),
             # best of rounds over the floor's best: interference only ever adds time, so on a
             # machine shared with other tenants the minima are the steadier estimate
-            "ratio_best": min(times[name]) / min(floor),
+            "ratio_best": best(name, "torch.func vmap"),
             "ratio_min": min(ratios[name]),
             "ratio_max": max(ratios[name]),
             "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,  # type: ignore[operator]
