@@ -27,6 +27,10 @@ Methods:
 Maps without ``to_dual`` (and the entropic map, whose domain the weights are not in) start from a
 learned dual point z0 where the front end allows it; ``higher`` cannot (``n/a``).
 
+With ``--isolate`` every row runs in a fresh process of its own, with the floor and the rows
+its columns are relative to (an integration's own GD and map loop): glibc's page faults depend
+on the heap's history, which in one process is every other method's too.
+
     nice -n 5 env OMP_NUM_THREADS=1 python benchmarks/peers.py --rounds 5 --out peers_cpu.json
     python benchmarks/peers.py --device cuda --width 64 --size 84 --channels 3   # see gpu.sh
 """
@@ -35,9 +39,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +60,9 @@ from mirroropt.workflow import keep_freed_memory
 
 Tasks = tuple[Tensor, Tensor, Tensor, Tensor]
 Step = Callable[[], None]
+
+#: The floor every ratio is taken against.
+FLOOR = "torch.func vmap"
 
 
 def make_tasks(args: argparse.Namespace, device: torch.device) -> Tasks:
@@ -231,7 +241,7 @@ def build(
     lr, k = args.lr, args.steps
     backbone = list(model.parameters())
     methods: dict[str, tuple[Step, list]] = {
-        "torch.func vmap": (torchfunc(model, tasks, lr, k, batched=True), backbone),
+        FLOOR: (torchfunc(model, tasks, lr, k, batched=True), backbone),
         "torch.func loop": (torchfunc(model, tasks, lr, k, batched=False), backbone),
         "higher SGD": (higher_sgd(model, tasks, lr, k), backbone),
         "TorchOpt MetaSGD": (torchopt_metasgd(model, tasks, lr, k), backbone),
@@ -289,6 +299,22 @@ def cuda_peak_reset() -> int:
     return torch.cuda.memory_allocated()
 
 
+def own_gd_of(name: str) -> str | None:
+    """An integration's own GD: ``higher SGD``, or MirrorMAML with the identity map."""
+    if name.startswith("via higher"):
+        return "higher SGD"
+    if name.startswith("via MirrorMAML"):
+        return "via MirrorMAML identity"
+    return None
+
+
+def map_loop_of(name: str) -> str | None:
+    """An integration's map run by ``mirroropt.adapt`` one task at a time (no shell)."""
+    if not name.startswith(("via higher ", "via MirrorMAML ")):
+        return None
+    return f"mirroropt {name.rsplit(' ', 1)[-1]} loop"
+
+
 def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -297,7 +323,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
     clock = time.perf_counter if cuda else time.process_time
     methods = build(args, norm, device)
     if args.methods:  # the floor and the named rows only (a fresh process per row: its own heap)
-        keep = {"torch.func vmap", *args.methods}
+        keep = {FLOOR, *args.methods}
         methods = {n: m for n, m in methods.items() if n in keep}
     names = list(methods)
 
@@ -330,25 +356,15 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             faults[name].append(fault_count)
         for name in names:
             times[name].append(row[name])
-            ratios[name].append(row[name] / row["torch.func vmap"])
+            ratios[name].append(row[name] / row[FLOOR])
         print(f"[{norm}] round {len(times[names[0]])}/{args.rounds}", file=sys.stderr, flush=True)
 
     def own_gd(name: str) -> str | None:
-        """Integrations against their own GD: higher SGD, or MirrorMAML with the identity map."""
-        ref = (
-            "higher SGD"
-            if name.startswith("via higher")
-            else "via MirrorMAML identity"
-            if name.startswith("via MirrorMAML")
-            else None
-        )
+        ref = own_gd_of(name)
         return ref if ref in times else None
 
     def map_loop(name: str) -> str | None:
-        """An integration's map run by ``mirroropt.adapt`` one task at a time (no shell)."""
-        if not name.startswith(("via higher ", "via MirrorMAML ")):
-            return None
-        ref = f"mirroropt {name.rsplit(' ', 1)[-1]} loop"
+        ref = map_loop_of(name)
         return ref if ref in times else None
 
     def paired(name: str, ref: str | None) -> float | None:
@@ -372,7 +388,7 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
             "ratio": statistics.median(ratios[name]),
             # best of rounds over the floor's best: interference only ever adds time, so on a
             # machine shared with other tenants the minima are the steadier estimate
-            "ratio_best": best(name, "torch.func vmap"),
+            "ratio_best": best(name, FLOOR),
             "ratio_min": min(ratios[name]),
             "ratio_max": max(ratios[name]),
             "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,  # type: ignore[operator]
@@ -380,6 +396,68 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
         }
         for name in names
     }
+
+
+#: The setting's arguments (``add_setting_arguments``), handed on to ``--isolate``'s processes.
+SETTING = ("width", "size", "channels", "ways", "shots", "queries", "tasks", "steps", "lr")
+
+
+def isolated_groups(names: list[str]) -> list[list[str]]:
+    """``--isolate``'s processes: each row but the floor with the references its columns need."""
+    groups = []
+    for name in names:
+        if name == FLOOR:
+            continue
+        refs = [r for r in (own_gd_of(name), map_loop_of(name)) if r in names and r != name]
+        groups.append([name, *dict.fromkeys(refs)])
+    return groups
+
+
+def child_argv(args: argparse.Namespace, norm: str, methods: list[str], out: str) -> list[str]:
+    """The command line of one ``--isolate`` process: this run's setting, one norm, ``methods``."""
+    argv = ["--device", args.device, "--rounds", str(args.rounds), "--norms", norm]
+    argv += ["--maps", *args.maps, "--integration-maps", *args.integration_maps]
+    for key in SETTING:
+        argv += [f"--{key}", str(getattr(args, key))]
+    if args.keep_large_blocks:
+        argv.append("--keep-large-blocks")
+    elif args.keep_freed_memory:
+        argv.append("--keep-freed-memory")
+    return [*argv, "--methods", *methods, "--out", out]
+
+
+def run_child(argv: list[str]) -> None:
+    """Run this script with ``argv`` in a fresh Python process (its own heap)."""
+    subprocess.run([sys.executable, os.path.abspath(__file__), *argv], check=True)
+
+
+def run_isolated(args: argparse.Namespace, norm: str) -> tuple[dict[str, Any], int]:
+    """Every row in a process of its own (:func:`isolated_groups`); the rows and the peak RSS.
+
+    The floor's row summarizes the processes' floors: ratios 1, the medians of their ms and
+    faults.
+    """
+    names = list(build(args, norm, torch.device("cpu")))  # the row names: cheap on the CPU
+    if args.methods:
+        names = [n for n in names if n in {FLOOR, *args.methods}]
+    rows: dict[str, Any] = {}
+    floors: list[dict[str, Any]] = []
+    peak_rss = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, group in enumerate(isolated_groups(names)):
+            out = os.path.join(tmp, f"{i}.json")
+            print(f"[{norm}] process {i + 1}: {group}", file=sys.stderr, flush=True)
+            run_child(child_argv(args, norm, group, out))
+            with open(out) as f:
+                child = json.load(f)
+            rows[group[0]] = child["results"][norm][group[0]]
+            floors.append(child["results"][norm][FLOOR])
+            peak_rss = max(peak_rss, child["peak_rss_bytes"])
+    floor = dict(floors[0]) if floors else {}
+    for key in ("ms", "minor_faults"):
+        floor[key] = statistics.median(f[key] for f in floors) if floors else None
+    rows[FLOOR] = floor
+    return {n: rows[n] for n in names if n in rows}, peak_rss
 
 
 def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
@@ -402,6 +480,13 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
             else "; glibc keeps freed memory (`--keep-freed-memory`)."
             if args.keep_freed_memory
             else "."
+        )
+        + (
+            " One fresh process per row (`--isolate`), with the floor and the rows its columns "
+            "are relative to: a row's ratios are against its own process's floor; the floor's "
+            "ms and faults/it are medians over the processes."
+            if getattr(args, "isolate", False)
+            else ""
         ),
         "",
         "| method | "
@@ -505,6 +590,11 @@ def main(argv: list[str] | None = None) -> None:
         help="glibc keeps freed memory (mirroropt.workflow.keep_freed_memory, as the CLI does)",
     )
     parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run every row in a fresh process of its own (with the floor and its references)",
+    )
+    parser.add_argument(
         "--keep-large-blocks",
         action="store_true",
         help="--keep-freed-memory, and blocks of 32 MiB or more too "
@@ -521,12 +611,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.keep_freed_memory and not keep_freed_memory(large_blocks=args.keep_large_blocks):
         parser.error("--keep-freed-memory: expected glibc on Linux, got another C library")
     start = time.perf_counter()
-    results = {norm: run(args, norm) for norm in args.norms}
+    if args.isolate:
+        isolated = {norm: run_isolated(args, norm) for norm in args.norms}
+        results = {norm: rows for norm, (rows, _) in isolated.items()}
+        peak_rss = max(rss for _, rss in isolated.values())  # the largest process's
+    else:
+        results = {norm: run(args, norm) for norm in args.norms}
+        # the process's peak resident set (Linux: KiB), all methods together
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     wall = time.perf_counter() - start
     table = markdown(results, args)
     print(table)
-    # the process's peak resident set (Linux: KiB), all methods together
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
         f"\nwall time {wall:.0f} s; peak RSS {peak_rss / 2**30:.2f} GiB; torch {torch.__version__}; "
         f"threads {torch.get_num_threads()}"

@@ -156,3 +156,55 @@ def test_peers_best_is_the_fastest_round_over_the_floors_fastest(peers, tmp_path
         paired = sorted(a / b for a, b in zip(per[shell], per["mirroropt identity loop"]))
         assert rows[shell]["vs_map_loop"] == pytest.approx(paired[1])  # median of 3
     assert rows["mirroropt identity"]["vs_map_loop"] is None
+
+
+def test_peers_isolate_runs_every_row_in_its_own_process_with_its_references(
+    peers, capsys, tmp_path, monkeypatch
+) -> None:
+    import json
+    import statistics
+
+    calls: list[list[str]] = []
+    floors: list[float] = []
+
+    def child(argv: list[str]) -> None:  # the fresh process, run in this one
+        calls.append(argv)
+        peers.main(argv)
+        out = argv[argv.index("--out") + 1]
+        floors.append(json.loads(Path(out).read_text())["results"]["group"][peers.FLOOR]["ms"])
+
+    monkeypatch.setattr(peers, "run_child", child)
+    out = tmp_path / "peers.json"
+    only = ["--norms", "group", "--maps", "identity", "--integration-maps", "identity"]
+    peers.main(
+        ["--rounds", "1", *only, *TINY, "--keep-freed-memory", "--isolate", "--out", str(out)]
+    )
+    table = capsys.readouterr().out
+    groups = [argv[argv.index("--methods") + 1 : argv.index("--out")] for argv in calls]
+    # every row but the floor once, first in its process, with the rows its columns need
+    assert sorted(g[0] for g in groups) == sorted(
+        ["torch.func loop", "higher SGD", "TorchOpt MetaSGD", "mirroropt identity",
+         "mirroropt identity loop", "via higher identity", "via MirrorMAML identity"]
+    )  # fmt: skip
+    by_row = {g[0]: g[1:] for g in groups}
+    assert by_row["via higher identity"] == ["higher SGD", "mirroropt identity loop"]
+    assert by_row["via MirrorMAML identity"] == ["mirroropt identity loop"]  # its own GD is itself
+    assert by_row["mirroropt identity"] == []
+    for argv in calls:  # the setting and the allocator travel to each process
+        assert argv[argv.index("--width") + 1] == "4" and "--keep-freed-memory" in argv
+        assert argv[argv.index("--norms") + 1] == "group"
+    rows = json.loads(out.read_text())["results"]["group"]
+    assert set(rows) == {peers.FLOOR, *by_row}
+    assert rows[peers.FLOOR]["ms"] == pytest.approx(statistics.median(floors))
+    assert rows["via higher identity"]["vs_own_gd"] > 0
+    assert rows["via higher identity"]["vs_map_loop"] > 0
+    assert "(`--isolate`)" in table
+
+
+def test_peers_isolated_groups_leave_out_references_that_are_not_rows(peers) -> None:
+    names = [peers.FLOOR, "higher SGD", "via higher kronecker", "via MirrorMAML kronecker"]
+    assert peers.isolated_groups(names) == [
+        ["higher SGD"],
+        ["via higher kronecker", "higher SGD"],
+        ["via MirrorMAML kronecker"],
+    ]
