@@ -427,8 +427,12 @@ def child_argv(args: argparse.Namespace, norm: str, methods: list[str], out: str
 
 
 def run_child(argv: list[str]) -> None:
-    """Run this script with ``argv`` in a fresh Python process (its own heap)."""
-    subprocess.run([sys.executable, os.path.abspath(__file__), *argv], check=True)
+    """Run this script with ``argv`` in a fresh Python process (its own heap).
+
+    Its table is not printed (its rows arrive through its ``--out`` file); its progress is.
+    """
+    script = os.path.abspath(__file__)
+    subprocess.run([sys.executable, script, *argv], check=True, stdout=subprocess.DEVNULL)
 
 
 def run_isolated(args: argparse.Namespace, norm: str) -> tuple[dict[str, Any], int]:
