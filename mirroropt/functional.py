@@ -349,21 +349,39 @@ def _alias(params: Mapping[str, Tensor], steps: int) -> Params:
 
 
 def _step(
-    names: tuple[str, ...], z: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: LR
+    names: tuple[str, ...],
+    z: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    lr: LR,
+    *,
+    fused: bool = True,
 ) -> Params:
+    """``z - lr * grads`` per tensor, unchecked.
+
+    A number ``lr`` is ``torch.add(z, g, alpha=-lr)`` (``torch.optim.SGD``'s rounding) when
+    ``fused``, else ``z - lr * g`` with the number as a scalar operand (the rounding of a
+    hand-written loop, ``higher`` and TorchOpt: the integrations' choice). Either way no tensor
+    is made for it: on a GPU a host number copied to the device per step would wait for the
+    device.
+    """
     zs = [z[n] for n in names]
     gs = [grads[n] for n in names]
     if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
-        if is_transformed(zs) or is_transformed(gs):
-            new = [torch.add(zi, gi, alpha=-float(lr)) for zi, gi in zip(zs, gs)]
+        rate = float(lr)
+        if not fused:
+            new = [zi - rate * gi for zi, gi in zip(zs, gs)]
+        elif is_transformed(zs) or is_transformed(gs):
+            new = [torch.add(zi, gi, alpha=-rate) for zi, gi in zip(zs, gs)]
         else:
-            new = list(torch._foreach_add(zs, gs, alpha=-float(lr)))
+            new = list(torch._foreach_add(zs, gs, alpha=-rate))
     elif isinstance(lr, Tensor):
         new = [zi - lr * gi for zi, gi in zip(zs, gs)]
     else:
         assert isinstance(lr, Mapping)
         new = [
-            torch.add(zi, gi, alpha=-float(a)) if isinstance(a, numbers.Real) else zi - a * gi
+            zi - a * gi
+            if isinstance(a, Tensor) or not fused
+            else torch.add(zi, gi, alpha=-float(a))
             for zi, gi, a in zip(zs, gs, (lr[n] for n in names))
         ]
     return dict(zip(names, new))
@@ -376,22 +394,41 @@ def _check_map(mirror_map: object) -> None:
         )
 
 
-def _check_lr(lr: LR, shapes: Mapping[str, torch.Size]) -> None:
+def _check_lr(lr: LR, shapes: Mapping[str, torch.Size], *, values: bool = True) -> None:
+    """Types and shapes of ``lr``, and (``values``) that it is positive and finite.
+
+    The values of tensor step sizes are read from the device once for all of them (one sync for
+    a mapping of tensors); ``values=False`` checks numbers only, for callers that read tensor
+    values once per inner loop instead of once per step.
+    """
     if isinstance(lr, Mapping):
         missing = [n for n in shapes if n not in lr]
         if missing:
             raise ValueError(f"`lr` is a mapping but has no step size for {missing}.")
+        tensors: dict[str, Tensor] = {}
         for n, shape in shapes.items():
-            _check_one_lr(lr[n], f"lr[{n!r}]", shape=shape)
+            _check_one_lr(lr[n], f"lr[{n!r}]", shape=shape, values=False)
+            value = lr[n]
+            if isinstance(value, Tensor):
+                tensors[n] = value
+        if values and tensors and not is_transformed(list(tensors.values())):
+            with torch.no_grad():
+                ok = [torch.all(torch.isfinite(a) & (a > 0)) for a in tensors.values()]
+                if not bool(torch.stack(ok).all()):  # one read; the names only on failure
+                    for n, a in tensors.items():
+                        _check_one_lr(a, f"lr[{n!r}]", shape=shapes[n])
     else:
-        _check_one_lr(lr, "lr")
+        _check_one_lr(lr, "lr", values=values)
 
 
-def _check_one_lr(lr: object, argument: str, *, shape: torch.Size | None = None) -> None:
-    """Type, shape and (eager) value of one step size.
+def _check_one_lr(
+    lr: object, argument: str, *, shape: torch.Size | None = None, values: bool = True
+) -> None:
+    """Type, shape and (eager, ``values``) value of one step size.
 
     A tensor must be 0-d, or (``shape`` given: one tensor's own step size) exactly ``shape``:
     anything else would broadcast ``z - lr * g`` to another shape, or fail deep inside the step.
+    A number's value is always checked (no device read).
     """
     if isinstance(lr, bool) or not isinstance(lr, (numbers.Real, Tensor)):
         raise TypeError(
@@ -410,7 +447,7 @@ def _check_one_lr(lr: object, argument: str, *, shape: torch.Size | None = None)
             else "; for per-tensor step sizes pass a mapping name → step size"
         )
         raise ValueError(f"`{argument}` must be {expected}, got shape {tuple(lr.shape)}.")
-    if not is_transformed([lr]):
+    if values and not is_transformed([lr]):
         with torch.no_grad():
             if not bool(torch.all(torch.isfinite(lr) & (lr > 0))):
                 raise ValueError(f"`{argument}` must be positive and finite, got {lr.detach()}.")

@@ -4,14 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
+import higher
 import pytest
 import torch
+import torchopt
 from torch.overrides import TorchFunctionMode
 
 import mirroropt as mo
+from mirroropt.integrations import MirrorMAML
+from mirroropt.integrations.higher import MirrorDescent
+from mirroropt.integrations.torchopt import MetaMirrorDescent
 from mirroropt.maps import Diagonal
+from tests.integrations._common import make_model
+from tests.registry import CASES, SHAPES, MapCase
 
-SYNCS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist}
+#: Calls that wait for the device: reading a value on the host, ops documented to synchronize on
+#: CUDA (``eigh``/``eigvalsh`` return their error status; ``nonzero``'s output size is
+#: data-dependent), and host values made into tensors (on a GPU a blocking copy to the device).
+SYNCS = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__index__,
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.Tensor.nonzero,
+    torch.nonzero,
+    torch.equal,
+    torch.allclose,
+    torch.linalg.eigh,
+    torch.linalg.eigvalsh,
+}
 
 
 class _CountSyncs(TorchFunctionMode):
@@ -45,3 +72,115 @@ def test_a_non_finite_gradient_at_a_later_step_is_reported_with_its_step() -> No
     # the gradient sqrt'(w) is finite at step 0; the step takes w to a negative value: NaN at step 1
     with pytest.raises(ValueError, match=r"at inner step 1 is not finite for \['w'\]"):
         mo.adapt(g, lambda p: p["a"].sum() + torch.sqrt(p["w"]).sum(), phi, lr=1.0, steps=3)
+
+
+def _dual_start(case: MapCase) -> tuple[mo.maps.MirrorMap, dict[str, torch.Tensor]]:
+    """The case's map away from its initialization and a dual point in every map's domain."""
+    gen = torch.Generator().manual_seed(0)
+    z = {
+        n: 0.1 + 0.1 * torch.rand(s, generator=gen, dtype=torch.float64) for n, s in SHAPES.items()
+    }
+    return case.build_trained(dict(SHAPES)), z
+
+
+def _squares(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([(v**2).sum() for v in p.values()]).sum()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_no_map_reads_the_device_per_inner_step(case: MapCase) -> None:
+    g, z = _dual_start(case)
+    lr = torch.tensor(0.01, dtype=torch.float64)
+
+    def syncs(steps: int) -> int:
+        with _CountSyncs() as counter:
+            mo.adapt(g, _squares, z=z, lr=lr, steps=steps)
+        return counter.count
+
+    # prepared() may factorize once per call (Kronecker's eigh); the checks read once per call
+    assert syncs(1) == syncs(6)
+
+
+#: The shells take one step per call: the finite check reads once per step (``check_finite``),
+#: nothing else may (a number lr made into a tensor, a tensor lr's value read, per step).
+LRS = {"number": lambda: 0.01, "tensor": lambda: torch.tensor(0.01, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+@pytest.mark.parametrize("lr", list(LRS))
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_learner_reads_the_device_only_for_its_finite_check(
+    case: MapCase, lr: str, check_finite: bool
+) -> None:
+    g, z = _dual_start(case)
+    z = {n: v.requires_grad_() for n, v in z.items()}  # a learned z0, MetaMiDA's θ_z
+    maml = MirrorMAML(_module(z), g, lr=LRS[lr](), check_finite=check_finite)
+
+    def syncs(steps: int) -> int:
+        learner = maml.clone(z=z)
+        with _CountSyncs() as counter:
+            for _ in range(steps):
+                learner.adapt(_squares(learner.phi))
+        return counter.count
+
+    assert syncs(6) - syncs(1) == (5 if check_finite else 0)
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+@pytest.mark.parametrize("lr", list(LRS))
+@pytest.mark.parametrize("name", ["identity", "diagonal", "kronecker", "block_iaf", "pnorm-3"])
+def test_the_higher_optimizer_reads_the_device_only_for_its_finite_check(
+    name: str, lr: str, check_finite: bool
+) -> None:
+    model = make_model()
+    case = next(c for c in CASES if c.id == name)
+    g = case.build_trained({n: p.shape for n, p in model.named_parameters()})
+    opt = MirrorDescent(model.named_parameters(), g, lr=LRS[lr](), check_finite=check_finite)
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def syncs(steps: int) -> int:
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+            with _CountSyncs() as counter:
+                for _ in range(steps):
+                    diffopt.step(fmodel(x).pow(2).sum())
+        return counter.count
+
+    # the first step also reads a tensor lr's value (once per inner loop) and Kronecker's eigh
+    assert syncs(6) - syncs(1) == (5 if check_finite else 0)
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+@pytest.mark.parametrize("lr", list(LRS))
+def test_the_torchopt_optimizer_reads_the_device_only_for_its_finite_check(
+    lr: str, check_finite: bool
+) -> None:
+    model = make_model()
+    g = next(c for c in CASES if c.id == "diagonal").build_trained(
+        {n: p.shape for n, p in model.named_parameters()}
+    )
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def syncs(steps: int) -> int:
+        opt = MetaMirrorDescent(model, g, lr=LRS[lr](), check_finite=check_finite)
+        state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
+        with _CountSyncs() as counter:
+            for _ in range(steps):
+                opt.step(model(x).pow(2).sum())
+        torchopt.recover_state_dict(model, state)
+        return counter.count
+
+    assert syncs(6) - syncs(1) == (5 if check_finite else 0)
+
+
+def _module(params: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A module whose parameters are ``params`` (dotted names as submodules)."""
+    module = torch.nn.Module()
+    for name, value in params.items():
+        *path, leaf = name.split(".")
+        owner = module
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_parameter(leaf, torch.nn.Parameter(value.detach().clone()))
+    return module

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from mirroropt import functional as F
 from mirroropt._types import Params
-from mirroropt.integrations._torchfunc import as_tensor_lr
 from mirroropt.maps._base import MirrorMap
 from mirroropt.maps._identity import Identity
 
@@ -111,7 +110,8 @@ class MirrorMAML(nn.Module):
 
         Raises:
             TypeError: if the map has no ``to_dual`` and ``z`` is not given.
-            ValueError: if ``z`` does not fit the map.
+            ValueError: if ``z`` does not fit the map, or a tensor ``lr`` is not positive and
+                finite now (read once per learner, not at every step).
         """
         phi: Params
         z0: Params | None
@@ -165,6 +165,7 @@ class MirrorLearner:
         first_order: bool,
         check_finite: bool = True,
     ) -> None:
+        F._check_one_lr(lr, "lr")  # a tensor's value read once per learner, not per step
         self.module = module
         self.mirror_map = mirror_map
         self.lr = lr
@@ -217,13 +218,14 @@ class MirrorLearner:
         }
         if self.check_finite:
             F._check_finite(grads, "The gradient of `loss`")
-        lr = as_tensor_lr(self.lr, self.phi)
         self._prepared = _cached_primal(self.mirror_map, self._prepared)
         g = self._prepared[0]
+        order = self.mirror_map.names
+        # z - lr * g as a hand-written loop rounds it; lr was checked once, by the constructor
         if self._z is None:  # g(z_k − α∇L) = φ_k − α g(∇L) for a linear map
-            self.phi = F._step(self.mirror_map.names, self.phi, g(grads), lr)
+            self.phi = F._step(order, self.phi, g(grads), self.lr, fused=False)
         else:
-            self._z = F.step(self.mirror_map, self._z, grads, lr)
+            self._z = F._step(order, self._z, grads, self.lr, fused=False)
             self.phi = g(self._z)
 
 

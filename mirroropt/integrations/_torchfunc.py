@@ -21,7 +21,6 @@ in that order, so the loop keeps its containers.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -174,10 +173,13 @@ def mirror_step(
     """
     F._check_map(mirror_map)
     z_dict = _as_dict(mirror_map, z, "z")
-    z_new = F.step(
-        mirror_map, z_dict, _as_dict(mirror_map, grads, "grads"), as_tensor_lr(lr, z_dict)
-    )
+    grads_dict = _as_dict(mirror_map, grads, "grads")
+    mirror_map.check_fits(z_dict, argument="z")
+    mirror_map.check_fits(grads_dict, argument="grads")
+    F._check_lr(lr, mirror_map.shapes)
     names = mirror_map.names
+    # z - lr * g as a hand-written loop rounds it (no device tensor for a number lr)
+    z_new = F._step(names, z_dict, grads_dict, lr, fused=False)
     return _like(z, z_new, names), _like(z, mirror_map.to_primal(z_new), names)
 
 
@@ -294,25 +296,3 @@ def _under_vmap() -> bool:
         return False
     vmap = torch._C._functorch.TransformType.Vmap
     return any(level.key() == vmap for level in stack or ())
-
-
-def as_tensor_lr(lr: LR, like: Mapping[str, Tensor]) -> LR:
-    """A number ``lr`` (or numbers in a mapping) as 0-d tensors of the dtype/device of ``like``.
-
-    So that the core computes ``z - lr * g`` (the rounding of hand-written and ``higher`` GD)
-    instead of the fused ``torch.add(z, g, alpha=-lr)``. Invalid values are left for the core's
-    checks (which name the argument).
-    """
-    reference = next(iter(like.values()), None) if isinstance(like, Mapping) else None
-    if not isinstance(reference, Tensor):
-        return lr
-
-    def one(a: Any, argument: str) -> Any:
-        if isinstance(a, numbers.Real) and not isinstance(a, bool):
-            F._check_one_lr(a, argument)
-            return torch.tensor(float(a), dtype=reference.dtype, device=reference.device)
-        return a
-
-    if isinstance(lr, Mapping):
-        return {n: one(a, f"lr[{n!r}]") for n, a in lr.items()}
-    return one(lr, "lr")

@@ -37,7 +37,6 @@ from mirroropt import functional as F
 from mirroropt._optimizer import MirrorDescent
 from mirroropt.functional import _check_finite
 from mirroropt.integrations._l2l_style import _cached_primal, _Prepared
-from mirroropt.integrations._torchfunc import as_tensor_lr
 from mirroropt.maps._base import MirrorMap
 
 __all__ = ["DifferentiableMirrorDescent", "MirrorDescent"]
@@ -155,7 +154,9 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
                 lrs[name] = group["lr"]
         if self.check_finite:
             _check_finite(grads, "The gradient of the inner loss")
-        lr = as_tensor_lr(lrs, phi)
+        # numbers checked at every step, tensors' values (a device read) once per inner loop
+        F._check_lr(lrs, self.mirror_map.shapes, values=not self._started)
+        lr = lrs
         # mirror_map.prepared() once per inner loop (per innerloop_ctx), not once per step
         self._prepared = _cached_primal(self.mirror_map, self._prepared)
         to_primal = self._prepared[0]
@@ -175,10 +176,11 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
                 for gi, group_names in enumerate(self._group_names)
                 for pi, name in enumerate(group_names)
             }
+        # z - lr * g as higher's SGD rounds it, without a device tensor per step for a number lr
         if z is None:
-            phi_new = F._step(names, phi, to_primal(grads), lr)
+            phi_new = F._step(names, phi, to_primal(grads), lr, fused=False)
         else:
-            z_new = F.step(self.mirror_map, z, grads, lr)
+            z_new = F._step(names, z, grads, lr, fused=False)
             phi_new = to_primal(z_new)
         for gi, (group, group_names) in enumerate(zip(self.param_groups, self._group_names)):
             for pi, name in enumerate(group_names):

@@ -37,7 +37,6 @@ import torch
 from torch import Tensor, nn
 
 from mirroropt import functional as F
-from mirroropt.integrations._torchfunc import as_tensor_lr
 from mirroropt.maps._base import MirrorMap
 
 __all__ = ["MetaMirrorDescent", "MirrorState"]
@@ -201,11 +200,15 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
         if self.check_finite:
             F._check_finite(grads, "The gradient of `loss`")
         state = self.state_groups[0]
-        if isinstance(state, MirrorState):
+        started = isinstance(state, MirrorState)
+        if started:
             z = dict(zip(self.names, state.z))
         else:
             z = F.init(self.mirror_map, phi)
-        z_new = F.step(self.mirror_map, z, grads, as_tensor_lr(self.lr, phi))
+        # a tensor lr's value (a device read) is checked at an inner loop's first step; z - lr * g
+        # as MetaSGD rounds it, without a device tensor per step for a number lr
+        F._check_lr(self.lr, self.mirror_map.shapes, values=not started)
+        z_new = F._step(self.mirror_map.names, z, grads, self.lr, fused=False)
         phi_new = F.to_primal(self.mirror_map, z_new)
         self.state_groups[0] = MirrorState(tuple(z_new[n] for n in self.names))
         for name, (owner, attr) in zip(self.names, self._slots):
