@@ -402,13 +402,18 @@ def run(args: argparse.Namespace, norm: str) -> dict[str, Any]:
 SETTING = ("width", "size", "channels", "ways", "shots", "queries", "tasks", "steps", "lr")
 
 
-def isolated_groups(names: list[str]) -> list[list[str]]:
-    """``--isolate``'s processes: each row but the floor with the references its columns need."""
+def isolated_groups(names: list[str], available: list[str] | None = None) -> list[list[str]]:
+    """``--isolate``'s processes: each row but the floor with the references its columns need.
+
+    The references are taken from ``available`` (every row the setting builds; default
+    ``names``), so that ``--methods`` with an integration still times its own GD and map loop.
+    """
+    available = names if available is None else available
     groups = []
     for name in names:
         if name == FLOOR:
             continue
-        refs = [r for r in (own_gd_of(name), map_loop_of(name)) if r in names and r != name]
+        refs = [r for r in (own_gd_of(name), map_loop_of(name)) if r in available and r != name]
         groups.append([name, *dict.fromkeys(refs)])
     return groups
 
@@ -441,14 +446,13 @@ def run_isolated(args: argparse.Namespace, norm: str) -> tuple[dict[str, Any], i
     The floor's row summarizes the processes' floors: ratios 1, the medians of their ms and
     faults.
     """
-    names = list(build(args, norm, torch.device("cpu")))  # the row names: cheap on the CPU
-    if args.methods:
-        names = [n for n in names if n in {FLOOR, *args.methods}]
+    available = list(build(args, norm, torch.device("cpu")))  # the row names: cheap on the CPU
+    names = [n for n in available if not args.methods or n in {FLOOR, *args.methods}]
     rows: dict[str, Any] = {}
     floors: list[dict[str, Any]] = []
     peak_rss = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for i, group in enumerate(isolated_groups(names)):
+        for i, group in enumerate(isolated_groups(names, available)):
             out = os.path.join(tmp, f"{i}.json")
             print(f"[{norm}] process {i + 1}: {group}", file=sys.stderr, flush=True)
             run_child(child_argv(args, norm, group, out))

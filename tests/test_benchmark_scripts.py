@@ -208,3 +208,8 @@ def test_peers_isolated_groups_leave_out_references_that_are_not_rows(peers) -> 
         ["via higher kronecker", "higher SGD"],
         ["via MirrorMAML kronecker"],
     ]
+    # --methods: the references come from every row the setting builds
+    available = [*names, "via MirrorMAML identity", "mirroropt kronecker loop"]
+    assert peers.isolated_groups([peers.FLOOR, "via MirrorMAML kronecker"], available) == [
+        ["via MirrorMAML kronecker", "via MirrorMAML identity", "mirroropt kronecker loop"]
+    ]
