@@ -144,19 +144,18 @@ class DifferentiableMirrorDescent(_DifferentiableOptimizer):  # type: ignore[mis
     def _update(self, grouped_grads: list[list[Tensor | None]], **kwargs: Any) -> None:
         phi: dict[str, Tensor] = {}
         grads: dict[str, Tensor] = {}
-        lrs: dict[str, Any] = {}
+        lr: dict[str, Any] = {}  # name → its group's step size
         for group, group_grads, group_names in zip(
             self.param_groups, grouped_grads, self._group_names
         ):
             for p, g, name in zip(group["params"], group_grads, group_names):
                 phi[name] = p
                 grads[name] = torch.zeros_like(p) if g is None else g
-                lrs[name] = group["lr"]
+                lr[name] = group["lr"]
         if self.check_finite:
             _check_finite(grads, "The gradient of the inner loss")
         # numbers checked at every step, tensors' values (a device read) once per inner loop
-        F._check_lr(lrs, self.mirror_map.shapes, values=not self._started)
-        lr = lrs
+        F._check_lr(lr, self.mirror_map.shapes, values=not self._started)
         # mirror_map.prepared() once per inner loop (per innerloop_ctx), not once per step
         self._prepared = _cached_primal(self.mirror_map, self._prepared)
         to_primal = self._prepared[0]
