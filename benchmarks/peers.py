@@ -451,8 +451,11 @@ def run_isolated(args: argparse.Namespace, norm: str) -> tuple[dict[str, Any], i
     rows: dict[str, Any] = {}
     floors: list[dict[str, Any]] = []
     peak_rss = 0
+    groups = isolated_groups(names, available)
+    if not groups:
+        raise SystemExit("--isolate: expected a row besides the floor to time, got none")
     with tempfile.TemporaryDirectory() as tmp:
-        for i, group in enumerate(isolated_groups(names, available)):
+        for i, group in enumerate(groups):
             out = os.path.join(tmp, f"{i}.json")
             print(f"[{norm}] process {i + 1}: {group}", file=sys.stderr, flush=True)
             run_child(child_argv(args, norm, group, out))
@@ -461,9 +464,9 @@ def run_isolated(args: argparse.Namespace, norm: str) -> tuple[dict[str, Any], i
             rows[group[0]] = child["results"][norm][group[0]]
             floors.append(child["results"][norm][FLOOR])
             peak_rss = max(peak_rss, child["peak_rss_bytes"])
-    floor = dict(floors[0]) if floors else {}
+    floor = dict(floors[0])
     for key in ("ms", "minor_faults"):
-        floor[key] = statistics.median(f[key] for f in floors) if floors else None
+        floor[key] = statistics.median(f[key] for f in floors)
     rows[FLOOR] = floor
     return {n: rows[n] for n in names if n in rows}, peak_rss
 

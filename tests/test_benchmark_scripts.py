@@ -199,6 +199,8 @@ def test_peers_isolate_runs_every_row_in_its_own_process_with_its_references(
     assert rows["via higher identity"]["vs_own_gd"] > 0
     assert rows["via higher identity"]["vs_map_loop"] > 0
     assert "(`--isolate`)" in table
+    with pytest.raises(SystemExit, match="a row besides the floor"):
+        peers.main(["--rounds", "1", *only, *TINY, "--isolate", "--methods", peers.FLOOR])
 
 
 def test_peers_isolated_groups_leave_out_references_that_are_not_rows(peers) -> None:
