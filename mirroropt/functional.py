@@ -145,10 +145,22 @@ def step(
         {'w': tensor([0.5000])}
     """
     _check_map(mirror_map)
+    return _checked_step(mirror_map, z, grads, lr, fused=True)
+
+
+def _checked_step(
+    mirror_map: MirrorMap,
+    z: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    lr: LR,
+    *,
+    fused: bool,
+) -> Params:
+    """:func:`step` after checking that ``z``, ``grads`` and ``lr`` fit (see :func:`_step`)."""
     mirror_map.check_fits(z, argument="z")
     mirror_map.check_fits(grads, argument="grads")
     _check_lr(lr, mirror_map.shapes)
-    return _step(mirror_map.names, z, grads, lr)
+    return _step(mirror_map.names, z, grads, lr, fused=fused)
 
 
 def adapt(

@@ -173,13 +173,10 @@ def mirror_step(
     """
     F._check_map(mirror_map)
     z_dict = _as_dict(mirror_map, z, "z")
-    grads_dict = _as_dict(mirror_map, grads, "grads")
-    mirror_map.check_fits(z_dict, argument="z")
-    mirror_map.check_fits(grads_dict, argument="grads")
-    F._check_lr(lr, mirror_map.shapes)
-    names = mirror_map.names
     # z - lr * g as a hand-written loop rounds it (no device tensor for a number lr)
-    z_new = F._step(names, z_dict, grads_dict, lr, fused=False)
+    grads_dict = _as_dict(mirror_map, grads, "grads")
+    z_new = F._checked_step(mirror_map, z_dict, grads_dict, lr, fused=False)
+    names = mirror_map.names
     return _like(z, z_new, names), _like(z, mirror_map.to_primal(z_new), names)
 
 
