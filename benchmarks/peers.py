@@ -22,7 +22,9 @@ Methods:
   params``: ``params=[model, map, z0]``, the per-task meta-gradients inside ``vmap``;
   ``diagonal params loop``: ``params`` with ``strategy="loop"``, the memory-saving mode);
 * ``via higher <map>``: ``higher.innerloop_ctx(model, mirroropt.integrations.higher.MirrorDescent)``;
-* ``via MirrorMAML <map>``: ``MirrorMAML(model, map).clone()`` + ``learner.adapt`` per task.
+* ``via MirrorMAML <map>``: ``MirrorMAML(model, map).clone()`` + ``learner.adapt`` per task;
+* ``via TorchOpt <map>``: ``mirroropt.integrations.torchopt.MetaMirrorDescent`` in place of
+  ``torchopt.MetaSGD`` in the same loop (``extract/recover_state_dict``), maps with ``to_dual``.
 
 Maps without ``to_dual`` (and the entropic map, whose domain the weights are not in) start from a
 learned dual point z0 where the front end allows it; ``higher`` cannot (``n/a``).
@@ -121,10 +123,10 @@ def higher_sgd(model: nn.Module, tasks: Tasks, lr: float, steps: int) -> Step:
     return step
 
 
-def torchopt_metasgd(model: nn.Module, tasks: Tasks, lr: float, steps: int) -> Step:
+def torchopt_loop(model: nn.Module, inner_opt: Any, tasks: Tasks, steps: int) -> Step:
+    """TorchOpt's MAML loop: adapt in place, one backward per task, recover the states."""
     import torchopt
 
-    inner_opt = torchopt.MetaSGD(model, lr=lr)
     b = len(tasks[0])
 
     def step() -> None:
@@ -139,6 +141,12 @@ def torchopt_metasgd(model: nn.Module, tasks: Tasks, lr: float, steps: int) -> S
             torchopt.recover_state_dict(inner_opt, opt_state)
 
     return step
+
+
+def torchopt_metasgd(model: nn.Module, tasks: Tasks, lr: float, steps: int) -> Step:
+    import torchopt
+
+    return torchopt_loop(model, torchopt.MetaSGD(model, lr=lr), tasks, steps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +208,17 @@ def via_higher(model: nn.Module, g_map: mo.MirrorMap, tasks: Tasks, lr: float, s
                 (tnf.cross_entropy(fm(x_q), y_q) / b).backward()
 
     return step
+
+
+def via_torchopt(
+    model: nn.Module, g_map: mo.MirrorMap, tasks: Tasks, lr: float, steps: int
+) -> Step:
+    """TorchOpt's loop with ``MetaMirrorDescent`` in place of ``torchopt.MetaSGD``."""
+    from mirroropt.integrations.torchopt import MetaMirrorDescent
+
+    return torchopt_loop(
+        model, MetaMirrorDescent(model, g_map, lr, check_finite=False), tasks, steps
+    )
 
 
 def via_mirrormaml(
@@ -271,6 +290,7 @@ def build(
         if name in args.integration_maps:
             if not z0:
                 methods[f"via higher {name}"] = (via_higher(model, g_map, tasks, lr, k), leaves)
+                methods[f"via TorchOpt {name}"] = (via_torchopt(model, g_map, tasks, lr, k), leaves)
             methods[f"via MirrorMAML {name}"] = (
                 via_mirrormaml(model, g_map, z0, tasks, lr, k),
                 leaves,
@@ -300,9 +320,11 @@ def cuda_peak_reset() -> int:
 
 
 def own_gd_of(name: str) -> str | None:
-    """An integration's own GD: ``higher SGD``, or MirrorMAML with the identity map."""
+    """An integration's own GD: ``higher SGD``, ``TorchOpt MetaSGD``, or MirrorMAML(Identity)."""
     if name.startswith("via higher"):
         return "higher SGD"
+    if name.startswith("via TorchOpt"):
+        return "TorchOpt MetaSGD"
     if name.startswith("via MirrorMAML"):
         return "via MirrorMAML identity"
     return None
@@ -310,7 +332,7 @@ def own_gd_of(name: str) -> str | None:
 
 def map_loop_of(name: str) -> str | None:
     """An integration's map run by ``mirroropt.adapt`` one task at a time (no shell)."""
-    if not name.startswith(("via higher ", "via MirrorMAML ")):
+    if not name.startswith(("via higher ", "via MirrorMAML ", "via TorchOpt ")):
         return None
     return f"mirroropt {name.rsplit(' ', 1)[-1]} loop"
 
@@ -531,7 +553,8 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         lines += [
             "",
             "Integrations against their own gradient descent (median per-round time ratio to "
-            "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`; "
+            "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`, "
+            "to `TorchOpt MetaSGD` for `via TorchOpt`; "
             "best: fastest round over its fastest round; vs map loop: against the same map "
             "through `mirroropt.adapt` one task at a time, `mirroropt <map> loop` — the shell's "
             "own cost):",
@@ -555,7 +578,15 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
 
 
 def _order(name: str) -> tuple[int, str]:
-    groups = ("torch.func", "higher SGD", "TorchOpt", "mirroropt", "via higher", "via MirrorMAML")
+    groups = (
+        "torch.func",
+        "higher SGD",
+        "TorchOpt",
+        "mirroropt",
+        "via higher",
+        "via MirrorMAML",
+        "via TorchOpt",
+    )
     return next(i for i, g in enumerate(groups) if name.startswith(g)), name
 
 

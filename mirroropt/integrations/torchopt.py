@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from mirroropt import functional as F
+from mirroropt.integrations._l2l_style import _cached_primal, _Prepared
 from mirroropt.maps._base import MirrorMap
 
 __all__ = ["MetaMirrorDescent", "MirrorState"]
@@ -53,6 +54,12 @@ class MirrorState(NamedTuple):
     z: tuple[Tensor, ...]
 
 
+class _PrimalLoop(NamedTuple):
+    r"""The internal state of an inner loop that steps in the primal (a linear map, scalar lr):
+    the iterates are the module's parameters; :meth:`MetaMirrorDescent.state_dict` reports
+    :math:`z_k = \nabla h(\phi_k)` when it is read."""
+
+
 class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
     r"""Differentiable mirror descent as a TorchOpt meta-optimizer over a module's parameters.
 
@@ -66,8 +73,13 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
     computed by :func:`mirroropt.functional.step` and :func:`~mirroropt.functional.to_primal`,
     with :math:`z_0 = \nabla h(\phi_0)` taken at the first step from the parameters the module
     has then. Parameter names come from ``module.named_parameters()`` and are matched to the map.
-    The dual variable is the optimizer state, ``state_dict() == (MirrorState(z),)``, or
-    ``(UninitializedState(),)`` before the first step; so
+    The map's z-independent work (:meth:`~mirroropt.maps.MirrorMap.prepared`: Kronecker's factor
+    exponentials, a convex potential's folded weights) is done once per inner loop, at its first
+    step, and again only if the map's parameters change in place mid-loop. A linear map steps in
+    the primal, :math:`\phi_{k+1} = \phi_k - \alpha\, g(\nabla L(\phi_k))` (the same iterates,
+    without a ``to_dual`` per task). The dual variable is the optimizer state,
+    ``state_dict() == (MirrorState(z),)`` (for a primal loop :math:`z_k = \nabla h(\phi_k)`,
+    computed when read), or ``(UninitializedState(),)`` before the first step; so
     ``torchopt.extract_state_dict(opt)``/``recover_state_dict(opt, ...)`` save and reset it
     exactly as they do MetaSGD's state, and a task that starts from a recovered state starts from
     :math:`z_0 = \nabla h(\phi_0)` again. The map is held by reference: the meta-gradient of a
@@ -155,6 +167,9 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
         self.impl = None  # type: ignore[assignment]
         self.param_containers_groups = []
         self.state_groups: list[Any] = [_UninitializedState()]
+        # mirror_map.prepared() for the current inner loop (made at its first step: one optimizer
+        # serves every task, and each task's backward() frees the previous preparation's graph)
+        self._prepared: _Prepared | None = None
 
     def add_param_group(self, module: nn.Module) -> None:
         """Not supported: one :class:`MetaMirrorDescent` adapts one module with one map.
@@ -200,23 +215,37 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
         if self.check_finite:
             F._check_finite(grads, "The gradient of `loss`")
         state = self.state_groups[0]
-        started = isinstance(state, MirrorState)
-        if started:
-            z = dict(zip(self.names, state.z))
-        else:
-            z = F.init(self.mirror_map, phi)
+        started = not isinstance(state, _UninitializedState)
         # a tensor lr's value (a device read) is checked at an inner loop's first step; z - lr * g
         # as MetaSGD rounds it, without a device tensor per step for a number lr
         F._check_lr(self.lr, self.mirror_map.shapes, values=not started)
-        z_new = F._step(self.mirror_map.names, z, grads, self.lr, fused=False)
-        phi_new = F.to_primal(self.mirror_map, z_new)
-        self.state_groups[0] = MirrorState(tuple(z_new[n] for n in self.names))
+        self._prepared = _cached_primal(self.mirror_map, self._prepared if started else None)
+        g = self._prepared[0]
+        names = self.mirror_map.names
+        if isinstance(state, MirrorState):
+            z: dict[str, Tensor] | None = dict(zip(self.names, state.z))
+        elif F._steps_in_primal(self.mirror_map, self.lr):  # g(z_k − α∇L) = φ_k − α g(∇L)
+            z = None
+        else:
+            z = F.init(self.mirror_map, phi)
+        if z is None:
+            phi_new = F._step(names, phi, g(grads), self.lr, fused=False)
+            self.state_groups[0] = _PrimalLoop()
+        else:
+            z_new = F._step(names, z, grads, self.lr, fused=False)
+            phi_new = g(z_new)
+            self.state_groups[0] = MirrorState(tuple(z_new[n] for n in self.names))
         for name, (owner, attr) in zip(self.names, self._slots):
             owner._parameters[attr] = phi_new[name]  # type: ignore[assignment]
 
     def state_dict(self) -> tuple[Any, ...]:
-        """The state, by reference: ``(MirrorState(z),)``, or ``(UninitializedState(),)`` before
-        the first step (then :math:`z_0 = \\nabla h(\\phi_0)` is taken at the next step)."""
+        r"""The state, by reference: ``(MirrorState(z),)``, or ``(UninitializedState(),)`` before
+        the first step (then :math:`z_0 = \nabla h(\phi_0)` is taken at the next step). A loop
+        that steps in the primal reports :math:`z_k = \nabla h(\phi_k)`, computed now (loading
+        it continues the loop in the dual, with the same iterates)."""
+        if isinstance(self.state_groups[0], _PrimalLoop):
+            z = self.mirror_map.to_dual(self._params())
+            return (MirrorState(tuple(z[n] for n in self.names)),)
         return tuple(self.state_groups)
 
     def load_state_dict(self, state_dict: Sequence[Any]) -> None:
@@ -241,3 +270,4 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
                 f"(UninitializedState(),), got {states!r:.200}."
             )
         self.state_groups[:] = states
+        self._prepared = None  # a new (part of an) inner loop: prepared afresh at its next step

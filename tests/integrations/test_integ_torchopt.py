@@ -5,16 +5,25 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchopt
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torchopt.base import UninitializedState
 
 from mirroropt.integrations.torchopt import MetaMirrorDescent, MirrorState
-from mirroropt.maps import ConvexPotential, Diagonal, Identity, Kronecker, MirrorMap
+from mirroropt.maps import (
+    ConvexPotential,
+    Diagonal,
+    ElementwiseConvex,
+    Identity,
+    Kronecker,
+    MirrorMap,
+)
 from tests.integrations._common import (
     LR,
     STEPS,
@@ -30,6 +39,7 @@ from tests.integrations._common import (
 BUILDERS: dict[str, Callable[[nn.Module], MirrorMap]] = {
     "diagonal": lambda m: perturb(Diagonal(m)),
     "kronecker": lambda m: perturb(Kronecker(m), scale=0.2),
+    "elementwise_convex": lambda m: perturb(ElementwiseConvex(m)),  # nonlinear: the dual loop
 }
 
 
@@ -207,3 +217,77 @@ def test_missing_torchopt_raises_a_clear_import_error(monkeypatch: pytest.Monkey
         ImportError, match=r"needs the optional dependency `torchopt`.*mirroropt\[torchopt\]"
     ):
         importlib.import_module("mirroropt.integrations.torchopt")
+
+
+class _CountEigh(TorchFunctionMode):
+    """Counts ``torch.linalg.eigh`` calls: Kronecker's factor exponentials, its z-independent work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.count += func is torch.linalg.eigh
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_map_is_prepared_once_per_inner_loop_and_afresh_for_each_task() -> None:
+    """Kronecker's factors are computed at each task's first step only (not at every step, and no
+    inverse factors for z₀ = ∇h(φ₀): a linear map steps in the primal); a meta-step made in place
+    mid-loop is picked up at the next step."""
+    model = make_model()
+    mirror_map = BUILDERS["kronecker"](model)
+    with _CountEigh() as once:
+        mirror_map.prepared()
+    assert once.count > 0
+    tasks = make_tasks(2)
+    wrt = meta_params(model, mirror_map)
+    for steps in (1, STEPS):
+        with _CountEigh() as counter:
+            _, grads = torchopt_meta_grads(
+                model, lambda m: MetaMirrorDescent(m, mirror_map, lr=LR), tasks, wrt, steps=steps
+            )
+        assert counter.count == 2 * once.count
+    _, expected = core_meta_grads(model, mirror_map, tasks)
+    assert_close(grads, expected)
+
+    x_s, y_s, _, _ = (t[0] for t in tasks)
+    opt = MetaMirrorDescent(model, mirror_map, lr=LR)
+    net_state = torchopt.extract_state_dict(model, by="reference")
+    opt.step(F.mse_loss(model(x_s), y_s))
+    with torch.no_grad():
+        for p in mirror_map.parameters():
+            p.mul_(1.5)  # an in-place meta-step in the middle of the inner loop
+    phi = dict(model.named_parameters())
+    loss = F.mse_loss(model(x_s), y_s)
+    g = dict(zip(phi, torch.autograd.grad(loss, list(phi.values()), retain_graph=True)))
+    expected_phi = {n: phi[n] - LR * d for n, d in mirror_map.to_primal(g).items()}
+    with _CountEigh() as counter:
+        opt.step(loss)
+    assert counter.count == once.count
+    assert_close(list(model.parameters()), list(expected_phi.values()))
+    torchopt.recover_state_dict(model, net_state)
+
+
+def test_a_primal_loop_reports_its_dual_and_a_loaded_dual_continues_it() -> None:
+    """A linear map's loop keeps no z; state_dict() gives z_k = ∇h(φ_k), and a loop recovered
+    from it continues in the dual with the primal loop's iterates."""
+    model = make_model()
+    mirror_map = BUILDERS["kronecker"](model)
+    x_s, y_s, _, _ = (t[0] for t in make_tasks())
+    opt = MetaMirrorDescent(model, mirror_map, lr=LR)
+    net_state = torchopt.extract_state_dict(model, by="reference")
+    for _ in range(2):
+        opt.step(F.mse_loss(model(x_s), y_s))
+    (state,) = opt.state_dict()
+    assert isinstance(state, MirrorState) and all(t.grad_fn is not None for t in state.z)
+    assert_close(list(state.z), list(mirror_map.to_dual(dict(model.named_parameters())).values()))
+    mid = torchopt.extract_state_dict(model, by="reference")
+    opt.step(F.mse_loss(model(x_s), y_s))
+    primal = [p.detach().clone() for p in model.parameters()]
+    torchopt.recover_state_dict(model, mid)
+    opt.load_state_dict((state,))
+    opt.step(F.mse_loss(model(x_s), y_s))
+    assert isinstance(opt.state_groups[0], MirrorState)  # the dual loop, from the loaded z
+    assert_close([p.detach() for p in model.parameters()], primal)
+    torchopt.recover_state_dict(model, net_state)
