@@ -151,13 +151,14 @@ def test_the_higher_optimizer_reads_the_device_only_for_its_finite_check(
 
 @pytest.mark.parametrize("check_finite", [True, False])
 @pytest.mark.parametrize("lr", list(LRS))
+@pytest.mark.parametrize("name", ["identity", "diagonal", "kronecker", "block_iaf", "pnorm-3"])
 def test_the_torchopt_optimizer_reads_the_device_only_for_its_finite_check(
-    lr: str, check_finite: bool
+    name: str, lr: str, check_finite: bool
 ) -> None:
+    """Kronecker's eigh (in prepared()) once per inner loop: it read the device at every step."""
     model = make_model()
-    g = next(c for c in CASES if c.id == "diagonal").build_trained(
-        {n: p.shape for n, p in model.named_parameters()}
-    )
+    case = next(c for c in CASES if c.id == name)
+    g = case.build_trained({n: p.shape for n, p in model.named_parameters()})
     x = torch.randn(4, 3, dtype=torch.float64)
 
     def syncs(steps: int) -> int:
