@@ -24,7 +24,10 @@ Methods:
 * ``via higher <map>``: ``higher.innerloop_ctx(model, mirroropt.integrations.higher.MirrorDescent)``;
 * ``via MirrorMAML <map>``: ``MirrorMAML(model, map).clone()`` + ``learner.adapt`` per task;
 * ``via TorchOpt <map>``: ``mirroropt.integrations.torchopt.MetaMirrorDescent`` in place of
-  ``torchopt.MetaSGD`` in the same loop (``extract/recover_state_dict``), maps with ``to_dual``.
+  ``torchopt.MetaSGD`` in the same loop (``extract/recover_state_dict``), maps with ``to_dual``;
+* ``via torch.func <map>``: the floor's vmapped loop with ``mirroropt.integrations.mirror_step``
+  (``prepared=`` once per task) as its update, GroupNorm only (its own GD is the floor; its "map
+  loop" column is ``mirroropt <map>``, the same map through ``adapt`` vmapped).
 
 Maps without ``to_dual`` (and the entropic map, whose domain the weights are not in) start from a
 learned dual point z0 where the front end allows it; ``higher`` cannot (``n/a``).
@@ -210,6 +213,28 @@ def via_higher(model: nn.Module, g_map: mo.MirrorMap, tasks: Tasks, lr: float, s
     return step
 
 
+def via_torchfunc(
+    model: nn.Module, g_map: mo.MirrorMap, tasks: Tasks, lr: float, steps: int
+) -> Step:
+    """The floor's vmapped loop with ``mirror_step`` (map prepared once per task) as its update."""
+    from mirroropt.integrations import mirror_step
+
+    params = dict(model.named_parameters())
+
+    def inner(x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor) -> Tensor:
+        prepared = g_map.prepared()  # once per inner loop
+        p, z = params, mo.init(g_map, params)
+        for _ in range(steps):
+            g = grad(lambda q: tnf.cross_entropy(functional_call(model, q, (x_s,)), y_s))(p)
+            z, p = mirror_step(g_map, z, g, lr, prepared=prepared)
+        return tnf.cross_entropy(functional_call(model, p, (x_q,)), y_q)
+
+    def step() -> None:
+        vmap(inner)(*tasks).mean().backward()
+
+    return step
+
+
 def via_torchopt(
     model: nn.Module, g_map: mo.MirrorMap, tasks: Tasks, lr: float, steps: int
 ) -> Step:
@@ -291,6 +316,11 @@ def build(
             if not z0:
                 methods[f"via higher {name}"] = (via_higher(model, g_map, tasks, lr, k), leaves)
                 methods[f"via TorchOpt {name}"] = (via_torchopt(model, g_map, tasks, lr, k), leaves)
+                if not batch:  # vmap over BatchNorm: wrong meta-gradients on torch 2.13
+                    methods[f"via torch.func {name}"] = (
+                        via_torchfunc(model, g_map, tasks, lr, k),
+                        leaves,
+                    )
             methods[f"via MirrorMAML {name}"] = (
                 via_mirrormaml(model, g_map, z0, tasks, lr, k),
                 leaves,
@@ -320,7 +350,10 @@ def cuda_peak_reset() -> int:
 
 
 def own_gd_of(name: str) -> str | None:
-    """An integration's own GD: ``higher SGD``, ``TorchOpt MetaSGD``, or MirrorMAML(Identity)."""
+    """An integration's own GD: ``higher SGD``, ``TorchOpt MetaSGD``, MirrorMAML(Identity), or
+    for ``mirror_step`` in a hand-written ``torch.func`` loop that loop itself (the floor)."""
+    if name.startswith("via torch.func"):
+        return FLOOR
     if name.startswith("via higher"):
         return "higher SGD"
     if name.startswith("via TorchOpt"):
@@ -332,6 +365,8 @@ def own_gd_of(name: str) -> str | None:
 
 def map_loop_of(name: str) -> str | None:
     """An integration's map run by ``mirroropt.adapt`` one task at a time (no shell)."""
+    if name.startswith("via torch.func "):  # vmapped: the map through mirroropt.adapt, vmapped
+        return f"mirroropt {name.rsplit(' ', 1)[-1]}"
     if not name.startswith(("via higher ", "via MirrorMAML ", "via TorchOpt ")):
         return None
     return f"mirroropt {name.rsplit(' ', 1)[-1]} loop"
@@ -435,7 +470,11 @@ def isolated_groups(names: list[str], available: list[str] | None = None) -> lis
     for name in names:
         if name == FLOOR:
             continue
-        refs = [r for r in (own_gd_of(name), map_loop_of(name)) if r in available and r != name]
+        refs = [
+            r
+            for r in (own_gd_of(name), map_loop_of(name))
+            if r in available and r not in (name, FLOOR)  # every process times the floor
+        ]
         groups.append([name, *dict.fromkeys(refs)])
     return groups
 
@@ -554,10 +593,10 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
             "",
             "Integrations against their own gradient descent (median per-round time ratio to "
             "`higher SGD` for `via higher`, to `via MirrorMAML identity` for `via MirrorMAML`, "
-            "to `TorchOpt MetaSGD` for `via TorchOpt`; "
+            "to `TorchOpt MetaSGD` for `via TorchOpt`, to the floor for `via torch.func`; "
             "best: fastest round over its fastest round; vs map loop: against the same map "
-            "through `mirroropt.adapt` one task at a time, `mirroropt <map> loop` — the shell's "
-            "own cost):",
+            "through `mirroropt.adapt` one task at a time, `mirroropt <map> loop` (for "
+            "`via torch.func`, vmapped: `mirroropt <map>`) — the shell's own cost):",
             "",
             "| method | "
             + " | ".join(
@@ -586,6 +625,7 @@ def _order(name: str) -> tuple[int, str]:
         "via higher",
         "via MirrorMAML",
         "via TorchOpt",
+        "via torch.func",
     )
     return next(i for i, g in enumerate(groups) if name.startswith(g)), name
 

@@ -185,11 +185,12 @@ def test_peers_isolate_runs_every_row_in_its_own_process_with_its_references(
     assert sorted(g[0] for g in groups) == sorted(
         ["torch.func loop", "higher SGD", "TorchOpt MetaSGD", "mirroropt identity",
          "mirroropt identity loop", "via higher identity", "via MirrorMAML identity",
-         "via TorchOpt identity"]
+         "via TorchOpt identity", "via torch.func identity"]
     )  # fmt: skip
     by_row = {g[0]: g[1:] for g in groups}
     assert by_row["via higher identity"] == ["higher SGD", "mirroropt identity loop"]
     assert by_row["via TorchOpt identity"] == ["TorchOpt MetaSGD", "mirroropt identity loop"]
+    assert by_row["via torch.func identity"] == ["mirroropt identity"]  # its own GD: the floor
     assert by_row["via MirrorMAML identity"] == ["mirroropt identity loop"]  # its own GD is itself
     assert by_row["mirroropt identity"] == []
     for argv in calls:  # the setting and the allocator travel to each process
@@ -201,6 +202,7 @@ def test_peers_isolate_runs_every_row_in_its_own_process_with_its_references(
     assert rows["via higher identity"]["vs_own_gd"] > 0
     assert rows["via higher identity"]["vs_map_loop"] > 0
     assert rows["via TorchOpt identity"]["vs_own_gd"] > 0
+    assert rows["via torch.func identity"]["vs_own_gd"] == rows["via torch.func identity"]["ratio"]
     assert "(`--isolate`)" in table
     with pytest.raises(SystemExit, match="a row besides the floor"):
         peers.main(["--rounds", "1", *only, *TINY, "--isolate", "--methods", peers.FLOOR])

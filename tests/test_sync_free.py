@@ -11,7 +11,7 @@ import torchopt
 from torch.overrides import TorchFunctionMode
 
 import mirroropt as mo
-from mirroropt.integrations import MirrorMAML
+from mirroropt.integrations import MirrorMAML, mirror_step
 from mirroropt.integrations.higher import MirrorDescent
 from mirroropt.integrations.torchopt import MetaMirrorDescent
 from mirroropt.maps import Diagonal
@@ -98,6 +98,23 @@ def test_no_map_reads_the_device_per_inner_step(case: MapCase) -> None:
         return counter.count
 
     # prepared() may factorize once per call (Kronecker's eigh); the checks read once per call
+    assert syncs(1) == syncs(6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_a_hand_written_loop_with_a_prepared_map_reads_the_device_only_once(case: MapCase) -> None:
+    """mirror_step with ``prepared=mirror_map.prepared()`` (made once per inner loop) and a number
+    lr: nothing per step (without ``prepared``, Kronecker's eigh ran at every step)."""
+    g, z = _dual_start(case)
+
+    def syncs(steps: int) -> int:
+        with _CountSyncs() as counter:
+            prepared, z_k = g.prepared(), z
+            for _ in range(steps):
+                grads = torch.func.grad(_squares)(prepared(z_k))
+                z_k, _ = mirror_step(g, z_k, grads, 0.01, prepared=prepared)
+        return counter.count
+
     assert syncs(1) == syncs(6)
 
 

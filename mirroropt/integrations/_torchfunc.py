@@ -123,6 +123,8 @@ def mirror_step(
     z: Tensors,
     grads: Mapping[str, Tensor] | Sequence[Tensor],
     lr: LR,
+    *,
+    prepared: Callable[[Mapping[str, Tensor]], Params] | None = None,
 ) -> tuple[Tensors, Tensors]:
     r"""One mirror-descent step for a hand-written loop: returns :math:`(z_{k+1}, \phi_{k+1})`.
 
@@ -145,6 +147,12 @@ def mirror_step(
             a list/tuple in the map's name order (what ``torch.autograd.grad`` returns, or
             ``torch.func.grad`` of a function of a list).
         lr: step size :math:`\alpha > 0`: a number, a (learnable) tensor, or a mapping per name.
+        prepared: ``mirror_map.prepared()``, made once per inner loop (inside the function a
+            ``vmap`` runs, like the loop itself) and passed to each of its steps: the map's
+            z-independent work (Kronecker's factor exponentials, with an ``eigh`` that
+            synchronizes a GPU; a convex potential's folded weights) is then done once per inner
+            loop instead of at every step. Make it again after the map's parameters change (a
+            meta-step). Default: ``mirror_map.to_primal`` (that work at every step).
 
     Returns:
         ``(z_new, phi_new)``, in the container kind of ``z`` (two dicts, lists or tuples).
@@ -152,8 +160,8 @@ def mirror_step(
     Raises:
         ValueError: if ``lr`` is not positive or ``z``/``grads`` do not fit the map.
         TypeError: if ``mirror_map`` is not a :class:`~mirroropt.maps.MirrorMap`, ``z`` or
-            ``grads`` is neither a dict nor a list/tuple of tensors, or ``lr`` has an unsupported
-            type.
+            ``grads`` is neither a dict nor a list/tuple of tensors, ``lr`` has an unsupported
+            type, or ``prepared`` is not callable.
 
     Example:
         >>> import torch
@@ -172,12 +180,22 @@ def mirror_step(
         arXiv:2509.02418.
     """
     F._check_map(mirror_map)
+    _check_prepared(prepared)
     z_dict = _as_dict(mirror_map, z, "z")
     # z - lr * g as a hand-written loop rounds it (no device tensor for a number lr)
     grads_dict = _as_dict(mirror_map, grads, "grads")
     z_new = F._checked_step(mirror_map, z_dict, grads_dict, lr, fused=False)
     names = mirror_map.names
-    return _like(z, z_new, names), _like(z, mirror_map.to_primal(z_new), names)
+    to_primal = mirror_map.to_primal if prepared is None else prepared
+    return _like(z, z_new, names), _like(z, to_primal(z_new), names)
+
+
+def _check_prepared(prepared: object) -> None:
+    if prepared is not None and not callable(prepared):
+        raise TypeError(
+            f"`prepared` must be the function mirror_map.prepared() returns, or None, got "
+            f"{type(prepared).__name__}."
+        )
 
 
 def mirror_update(
@@ -185,6 +203,8 @@ def mirror_update(
     params: Tensors,
     grads: Mapping[str, Tensor] | Sequence[Tensor],
     lr: LR,
+    *,
+    prepared: Callable[[Mapping[str, Tensor]], Params] | None = None,
 ) -> Tensors:
     r"""One mirror-descent step in primal form, :math:`\phi_{k+1} = g(\nabla h(\phi_k) - \alpha\nabla L(\phi_k))`.
 
@@ -194,8 +214,11 @@ def mirror_update(
     :math:`z_k = \nabla h(\phi_k)` (``to_dual``) at every step, which is the dual point
     :func:`mirror_step` carries, because ``to_dual`` inverts ``to_primal``: the iterates and
     meta-gradients are those of :func:`mirror_step` up to rounding (tested to 1e-10 in float64),
-    at the cost of one ``to_dual`` per step. With the :class:`~mirroropt.maps.Identity` map it is
-    bit for bit ``p - lr * g``. For maps without ``to_dual`` use :func:`mirror_step` from a dual
+    at the cost of one ``to_dual`` per step. A linear map (:class:`~mirroropt.maps.Diagonal`,
+    :class:`~mirroropt.maps.Kronecker`) with a scalar step size per tensor needs none:
+    :math:`g(\nabla h(\phi_k) - \alpha\nabla L) = \phi_k - \alpha\, g(\nabla L)`, one map
+    application per step. With the :class:`~mirroropt.maps.Identity` map it is bit for bit
+    ``p - lr * g``. For maps without ``to_dual`` use :func:`mirror_step` from a dual
     initialization.
 
     Args:
@@ -203,12 +226,15 @@ def mirror_update(
         params: :math:`\phi_k`, a dict name → tensor or a list/tuple in the map's name order.
         grads: :math:`\nabla L(\phi_k)`, a dict or a list/tuple in the same order.
         lr: step size :math:`\alpha > 0`: a number, a (learnable) tensor, or a mapping per name.
+        prepared: ``mirror_map.prepared()``, made once per inner loop, as for
+            :func:`mirror_step` (``to_dual`` is not prepared: it runs in full at every step).
 
     Returns:
         :math:`\phi_{k+1}` in the container kind of ``params``.
 
     Raises:
-        TypeError: if the map has no ``to_dual``, or a container or ``lr`` has a wrong type.
+        TypeError: if the map has no ``to_dual``, a container or ``lr`` has a wrong type, or
+            ``prepared`` is not callable.
         ValueError: if ``lr`` is not positive or ``params``/``grads`` do not fit the map.
 
     Example:
@@ -223,8 +249,20 @@ def mirror_update(
         Beck & Teboulle, "Mirror descent and nonlinear projected subgradient methods for convex
         optimization", Operations Research Letters, 2003.
     """
-    _, phi_new = mirror_step(mirror_map, mirror_init(mirror_map, params), grads, lr)
-    return phi_new
+    phi = _as_dict(mirror_map, params, "params")
+    F._check_primal_start(mirror_map, phi)
+    _check_prepared(prepared)
+    if F._steps_in_primal(mirror_map, lr):  # g(∇h(φ) − α∇L) = φ − α g(∇L)
+        grads_dict = _as_dict(mirror_map, grads, "grads")
+        mirror_map.check_fits(grads_dict, argument="grads")
+        F._check_lr(lr, mirror_map.shapes)
+        to_primal = mirror_map.to_primal if prepared is None else prepared
+        stepped = F._step(mirror_map.names, phi, to_primal(grads_dict), lr, fused=False)
+        return _like(params, stepped, mirror_map.names)  # type: ignore[no-any-return]
+    _, updated = mirror_step(
+        mirror_map, mirror_init(mirror_map, params), grads, lr, prepared=prepared
+    )
+    return updated
 
 
 def make_loss_fn(

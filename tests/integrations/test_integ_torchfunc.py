@@ -353,3 +353,80 @@ def test_make_loss_fn_refuses_vmap_over_batch_statistics_and_map_tasks_loops() -
     assert looped.shape == (3,) and bool(torch.isfinite(looped).all())
     running = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().eval()
     assert run(running, "vmap").shape == (3,)  # eval mode, running statistics: vmap allowed
+
+
+class _CountEigh(torch.overrides.TorchFunctionMode):
+    """Counts ``torch.linalg.eigh`` calls: Kronecker's factor exponentials (``prepared()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func is torch.linalg.eigh
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("helper", ["mirror_step", "mirror_update"])
+def test_prepared_once_per_inner_loop_gives_the_core_meta_gradients_without_per_step_work(
+    helper: str,
+) -> None:
+    """``prepared=mirror_map.prepared()`` made once per task inside the vmapped loop: Kronecker's
+    factors are computed once per inner loop, not at every step (and ``mirror_update`` of a linear
+    map takes no ``to_dual``), with the functional core's meta-gradients."""
+    from mirroropt.integrations import mirror_update
+    from mirroropt.maps import Kronecker
+
+    model = make_model()
+    mirror_map = perturb(Kronecker(model), scale=0.2)
+    tasks = make_tasks()
+    phi0 = dict(model.named_parameters())
+
+    def compute_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.mse_loss(functional_call(model, p, (x,)), y)
+
+    def run(steps: int, hoist: bool) -> tuple[int, list[Tensor]]:
+        def task(x_s, y_s, x_q, y_q):  # type: ignore[no-untyped-def]
+            prepared = mirror_map.prepared() if hoist else None
+            new, z = phi0, mirroropt.init(mirror_map, phi0)
+            for _ in range(steps):
+                grads = grad(compute_loss)(new, x_s, y_s)
+                if helper == "mirror_step":
+                    z, new = mirror_step(mirror_map, z, grads, LR, prepared=prepared)
+                else:
+                    new = mirror_update(mirror_map, new, grads, LR, prepared=prepared)
+            return compute_loss(new, x_q, y_q)
+
+        with _CountEigh() as counter:
+            total = vmap(task)(*tasks).sum()
+        return counter.count, list(torch.autograd.grad(total, meta_params(model, mirror_map)))
+
+    with _CountEigh() as once:
+        mirror_map.prepared()
+    init = once.count  # z0 = ∇h(φ0): the inverse factors, once per task
+    assert run(1, hoist=True)[0] == run(STEPS, hoist=True)[0] == once.count + init
+    assert run(STEPS, hoist=False)[0] == (STEPS + 1) * once.count  # at every step
+    _, expected = core_meta_grads(model, mirror_map, tasks)
+    assert_close(run(STEPS, hoist=True)[1], expected)
+
+
+def test_mirror_update_of_a_linear_map_takes_no_to_dual() -> None:
+    """φ − α g(∇L): one map application per step (``to_dual`` would be a second)."""
+    from mirroropt.integrations import mirror_update
+
+    model = make_model()
+    mirror_map = perturb(Diagonal(model))
+    calls: list[str] = []
+    to_dual, to_primal = mirror_map.to_dual, mirror_map.to_primal
+    mirror_map.to_dual = lambda phi: calls.append("to_dual") or to_dual(phi)  # type: ignore[method-assign]
+    mirror_map.to_primal = lambda z: calls.append("to_primal") or to_primal(z)  # type: ignore[method-assign]
+    params = dict(model.named_parameters())
+    grads = {n: torch.ones_like(p) for n, p in params.items()}
+    new = mirror_update(mirror_map, params, grads, LR)
+    assert calls == ["to_primal"]
+    scaled = to_primal(grads)
+    assert_close(list(new.values()), [params[n] - LR * scaled[n] for n in params])
+    with pytest.raises(TypeError, match=r"`prepared` must be the function mirror_map\.prepared"):
+        mirror_update(mirror_map, params, grads, LR, prepared="g")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"`prepared` must be the function mirror_map\.prepared"):
+        mirror_step(mirror_map, params, grads, LR, prepared=1)  # type: ignore[arg-type]
