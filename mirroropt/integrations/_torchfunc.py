@@ -133,7 +133,7 @@ def mirror_step(
         z_{k+1} = z_k - \alpha\,\nabla L(\phi_k), \qquad \phi_{k+1} = g(z_{k+1}),
 
     computed by :func:`mirroropt.functional.step` and :func:`~mirroropt.functional.to_primal`. A
-    number ``lr`` is applied as a tensor of ``z``'s dtype, i.e. as ``z - lr * g``: with the
+    number ``lr`` is applied as ``z - lr * g`` (a scalar operand, no device tensor): with the
     :class:`~mirroropt.maps.Identity` map this is bit for bit the update
     ``{k: p - lr * g for ...}`` of a hand-written MAML loop (and of ``higher``'s SGD), which
     rounds differently from the fused ``torch.add(z, g, alpha=-lr)`` that

@@ -85,7 +85,7 @@ class MetaMirrorDescent(_torchopt.MetaOptimizer):  # type: ignore[misc]
     :math:`z_0 = \nabla h(\phi_0)` again. The map is held by reference: the meta-gradient of a
     query loss reaches the module's initial parameters, the map's parameters and a tensor ``lr``.
 
-    A number ``lr`` is applied as ``z - lr * g`` (a 0-d tensor of the parameters' dtype): with the
+    A number ``lr`` is applied as ``z - lr * g`` (a scalar operand, no device tensor): with the
     :class:`~mirroropt.maps.Identity` map the parameters and meta-gradients equal those of
     ``torchopt.MetaSGD(module, lr)`` bit for bit.
 

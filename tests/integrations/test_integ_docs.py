@@ -23,7 +23,11 @@ PAIRS = [
         "`{k: p - g * lr}` by `z, new_params = mirror_step(mirror_map, z, grads, lr)`. Everything\n"
         "stays pure, so `vmap` over tasks and second-order meta-gradients work as before; give\n"
         "the map's parameters to the meta-optimizer. With `Identity` the numbers are bit for bit\n"
-        "those of the `p - g * lr` loop. To replace the whole loop instead, use\n"
+        "those of the `p - g * lr` loop. For maps with work that does not depend on z (Kronecker's\n"
+        "factor exponentials, the convex potential's folded weights), make it once per task: put\n"
+        "`prepared = mirror_map.prepared()` before the step loop, inside the task function, and\n"
+        "pass `mirror_step(..., prepared=prepared)` (else it runs at every step; for Kronecker an\n"
+        "`eigh`, which on a GPU waits for the device). To replace the whole loop instead, use\n"
         "`mirroropt.adapt(mirror_map, make_loss_fn(net, criterion, x, y), params, lr=..., steps=...)`.\n"
         "**BatchNorm trap:** with BatchNorm (or InstanceNorm) using batch statistics, `vmap` gives\n"
         "wrong second-order meta-gradients on torch 2.13; batch tasks with\n"
@@ -77,11 +81,13 @@ PAIRS = [
         "`new_params = mirror_update(mirror_map, new_params, grads, lr)`: it takes and returns\n"
         "lists (or tuples, e.g. the gradients `torch.autograd.grad` returns, or dicts), matched by\n"
         "position, and recomputes the dual point z = ∇h(φ) at each step, so there is no state to\n"
-        "carry. With `Identity` it is bit for bit `[p - lr * g for ...]`; with other maps it gives\n"
-        "the iterates and meta-gradients of the dual-state loop\n"
+        "carry (a linear map with a scalar step size needs no z at all: φ − lr·g(∇L)). With\n"
+        "`Identity` it is bit for bit `[p - lr * g for ...]`; with other maps it gives the\n"
+        "iterates and meta-gradients of the dual-state loop\n"
         "`z, new_params = mirror_step(mirror_map, z, grads, lr)` (started with\n"
-        "`z = mirror_init(mirror_map, params)`), which saves one `to_dual` per step and also serves\n"
-        "maps without `to_dual`. `mirror_update` works in dict-based loops (style 1) too.",
+        "`z = mirror_init(mirror_map, params)`), which saves one `to_dual` per step for nonlinear\n"
+        "maps and also serves maps without `to_dual`. Both take `prepared=mirror_map.prepared()`,\n"
+        "made once per task (style 1). `mirror_update` works in dict-based loops (style 1) too.",
     ),
 ]
 
