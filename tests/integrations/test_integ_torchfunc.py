@@ -430,3 +430,25 @@ def test_mirror_update_of_a_linear_map_takes_no_to_dual() -> None:
         mirror_update(mirror_map, params, grads, LR, prepared="g")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"`prepared` must be the function mirror_map\.prepared"):
         mirror_step(mirror_map, params, grads, LR, prepared=1)  # type: ignore[arg-type]
+
+
+def test_mirror_update_with_a_per_coordinate_step_size_keeps_the_dual_step() -> None:
+    """A per-coordinate lr does not commute with the map: mirror_update takes z = ∇h(φ) and
+    mirror_step's dual step (to_dual, then to_primal), with its iterates."""
+    from mirroropt.integrations import mirror_update
+
+    model = make_model()
+    mirror_map = perturb(Diagonal(model))
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(4)
+    grads = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
+    lr = {
+        n: LR * (1 + torch.rand(p.shape, generator=gen, dtype=p.dtype)) for n, p in params.items()
+    }
+    calls: list[str] = []
+    to_dual = mirror_map.to_dual
+    mirror_map.to_dual = lambda phi: calls.append("to_dual") or to_dual(phi)  # type: ignore[method-assign]
+    new = mirror_update(mirror_map, params, grads, lr)
+    assert calls == ["to_dual"]
+    _, expected = mirror_step(mirror_map, to_dual(params), grads, lr)
+    assert_close(list(new.values()), list(expected.values()))
