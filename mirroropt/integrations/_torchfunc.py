@@ -249,9 +249,10 @@ def mirror_update(
         Beck & Teboulle, "Mirror descent and nonlinear projected subgradient methods for convex
         optimization", Operations Research Letters, 2003.
     """
+    F._check_map(mirror_map)
+    _check_prepared(prepared)
     phi = _as_dict(mirror_map, params, "params")
     F._check_primal_start(mirror_map, phi)
-    _check_prepared(prepared)
     if F._steps_in_primal(mirror_map, lr):  # g(∇h(φ) − α∇L) = φ − α g(∇L)
         grads_dict = _as_dict(mirror_map, grads, "grads")
         mirror_map.check_fits(grads_dict, argument="grads")

@@ -270,6 +270,10 @@ def test_sequence_errors_name_the_argument() -> None:
         mirroropt.integrations.named([params[0], 3])  # type: ignore[list-item]
     with pytest.raises(ValueError, match=r"at least one tensor, got an empty sequence"):
         mirroropt.integrations.named([])
+    with pytest.raises(TypeError, match=r"`mirror_map` must be a mirroropt\.maps\.MirrorMap"):
+        mirroropt.integrations.mirror_update(model, params, params, LR)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`grads` has 3 tensors but `mirror_map` was built for 4"):
+        mirroropt.integrations.mirror_update(mirror_map, params, params[:3], LR)
 
 
 # --- mirror_update: the primal-form one-liner ------------------------------------------------
