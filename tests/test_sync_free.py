@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import higher
 import pytest
 import torch
 import torchopt
-from torch.overrides import TorchFunctionMode
 
 import mirroropt as mo
 from mirroropt.integrations import MirrorMAML, mirror_step
 from mirroropt.integrations.higher import MirrorDescent
 from mirroropt.integrations.torchopt import MetaMirrorDescent
 from mirroropt.maps import Diagonal
-from tests.integrations._common import make_model
+from tests.integrations._common import CountCalls, make_model
 from tests.registry import CASES, SHAPES, MapCase
 
 #: Calls that wait for the device: reading a value on the host, ops documented to synchronize on
@@ -41,22 +38,11 @@ SYNCS = {
 }
 
 
-class _CountSyncs(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func in SYNCS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _syncs(steps: int) -> int:
     w = torch.randn(5, dtype=torch.float64)
     g = Diagonal({"w": w}).double()
     lr = torch.tensor(0.1, dtype=torch.float64)
-    with _CountSyncs() as counter:
+    with CountCalls(SYNCS) as counter:
         mo.adapt(g, lambda p: (p["w"] ** 2).sum(), {"w": w}, lr=lr, steps=steps)
     return counter.count
 
@@ -93,7 +79,7 @@ def test_no_map_reads_the_device_per_inner_step(case: MapCase) -> None:
     lr = torch.tensor(0.01, dtype=torch.float64)
 
     def syncs(steps: int) -> int:
-        with _CountSyncs() as counter:
+        with CountCalls(SYNCS) as counter:
             mo.adapt(g, _squares, z=z, lr=lr, steps=steps)
         return counter.count
 
@@ -108,7 +94,7 @@ def test_a_hand_written_loop_with_a_prepared_map_reads_the_device_only_once(case
     g, z = _dual_start(case)
 
     def syncs(steps: int) -> int:
-        with _CountSyncs() as counter:
+        with CountCalls(SYNCS) as counter:
             prepared, z_k = g.prepared(), z
             for _ in range(steps):
                 grads = torch.func.grad(_squares)(prepared(z_k))
@@ -135,7 +121,7 @@ def test_the_learner_reads_the_device_only_for_its_finite_check(
 
     def syncs(steps: int) -> int:
         learner = maml.clone(z=z)
-        with _CountSyncs() as counter:
+        with CountCalls(SYNCS) as counter:
             for _ in range(steps):
                 learner.adapt(_squares(learner.phi))
         return counter.count
@@ -143,21 +129,30 @@ def test_the_learner_reads_the_device_only_for_its_finite_check(
     assert syncs(6) - syncs(1) == (5 if check_finite else 0)
 
 
+#: The maps the higher and TorchOpt shells are checked with (those with ``to_dual``, linear or not).
+SHELL_MAPS = ["identity", "diagonal", "kronecker", "block_iaf", "pnorm-3"]
+
+
+def _model_and_map(name: str) -> tuple[torch.nn.Module, mo.maps.MirrorMap]:
+    """The integration tests' model and the registry's trained map ``name`` for it."""
+    model = make_model()
+    case = next(c for c in CASES if c.id == name)
+    return model, case.build_trained({n: p.shape for n, p in model.named_parameters()})
+
+
 @pytest.mark.parametrize("check_finite", [True, False])
 @pytest.mark.parametrize("lr", list(LRS))
-@pytest.mark.parametrize("name", ["identity", "diagonal", "kronecker", "block_iaf", "pnorm-3"])
+@pytest.mark.parametrize("name", SHELL_MAPS)
 def test_the_higher_optimizer_reads_the_device_only_for_its_finite_check(
     name: str, lr: str, check_finite: bool
 ) -> None:
-    model = make_model()
-    case = next(c for c in CASES if c.id == name)
-    g = case.build_trained({n: p.shape for n, p in model.named_parameters()})
+    model, g = _model_and_map(name)
     opt = MirrorDescent(model.named_parameters(), g, lr=LRS[lr](), check_finite=check_finite)
     x = torch.randn(4, 3, dtype=torch.float64)
 
     def syncs(steps: int) -> int:
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
-            with _CountSyncs() as counter:
+            with CountCalls(SYNCS) as counter:
                 for _ in range(steps):
                     diffopt.step(fmodel(x).pow(2).sum())
         return counter.count
@@ -168,20 +163,18 @@ def test_the_higher_optimizer_reads_the_device_only_for_its_finite_check(
 
 @pytest.mark.parametrize("check_finite", [True, False])
 @pytest.mark.parametrize("lr", list(LRS))
-@pytest.mark.parametrize("name", ["identity", "diagonal", "kronecker", "block_iaf", "pnorm-3"])
+@pytest.mark.parametrize("name", SHELL_MAPS)
 def test_the_torchopt_optimizer_reads_the_device_only_for_its_finite_check(
     name: str, lr: str, check_finite: bool
 ) -> None:
     """Kronecker's eigh (in prepared()) once per inner loop: it read the device at every step."""
-    model = make_model()
-    case = next(c for c in CASES if c.id == name)
-    g = case.build_trained({n: p.shape for n, p in model.named_parameters()})
+    model, g = _model_and_map(name)
     x = torch.randn(4, 3, dtype=torch.float64)
 
     def syncs(steps: int) -> int:
         opt = MetaMirrorDescent(model, g, lr=LRS[lr](), check_finite=check_finite)
         state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
-        with _CountSyncs() as counter:
+        with CountCalls(SYNCS) as counter:
             for _ in range(steps):
                 opt.step(model(x).pow(2).sum())
         torchopt.recover_state_dict(model, state)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 import mirroropt
 from mirroropt.maps import Diagonal, Identity, MirrorMap
@@ -90,3 +92,17 @@ def assert_equal(actual: list[Tensor], expected: list[Tensor]) -> None:
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
         assert torch.equal(a, e), (a - e).abs().max()
+
+
+class CountCalls(TorchFunctionMode):
+    """Counts the calls of ``funcs`` (torch functions and tensor methods) made inside it."""
+
+    def __init__(self, funcs: Collection[Any]) -> None:
+        super().__init__()
+        self.funcs = funcs
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self.funcs:
+            self.count += 1
+        return func(*args, **(kwargs or {}))

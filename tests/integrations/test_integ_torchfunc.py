@@ -16,6 +16,7 @@ from tests.integrations._common import (
     MAP_BUILDERS,
     NONTRIVIAL,
     STEPS,
+    CountCalls,
     assert_close,
     assert_equal,
     core_meta_grads,
@@ -359,18 +360,6 @@ def test_make_loss_fn_refuses_vmap_over_batch_statistics_and_map_tasks_loops() -
     assert run(running, "vmap").shape == (3,)  # eval mode, running statistics: vmap allowed
 
 
-class _CountEigh(torch.overrides.TorchFunctionMode):
-    """Counts ``torch.linalg.eigh`` calls: Kronecker's factor exponentials (``prepared()``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.count += func is torch.linalg.eigh
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("helper", ["mirror_step", "mirror_update"])
 def test_prepared_once_per_inner_loop_gives_the_core_meta_gradients_without_per_step_work(
     helper: str,
@@ -401,11 +390,11 @@ def test_prepared_once_per_inner_loop_gives_the_core_meta_gradients_without_per_
                     new = mirror_update(mirror_map, new, grads, LR, prepared=prepared)
             return compute_loss(new, x_q, y_q)
 
-        with _CountEigh() as counter:
+        with CountCalls({torch.linalg.eigh}) as counter:
             total = vmap(task)(*tasks).sum()
         return counter.count, list(torch.autograd.grad(total, meta_params(model, mirror_map)))
 
-    with _CountEigh() as once:
+    with CountCalls({torch.linalg.eigh}) as once:
         mirror_map.prepared()
     init = once.count  # z0 = ∇h(φ0): the inverse factors, once per task
     assert run(1, hoist=True)[0] == run(STEPS, hoist=True)[0] == once.count + init

@@ -5,14 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchopt
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torchopt.base import UninitializedState
 
 from mirroropt.integrations.torchopt import MetaMirrorDescent, MirrorState
@@ -27,6 +25,7 @@ from mirroropt.maps import (
 from tests.integrations._common import (
     LR,
     STEPS,
+    CountCalls,
     assert_close,
     assert_equal,
     core_meta_grads,
@@ -219,31 +218,19 @@ def test_missing_torchopt_raises_a_clear_import_error(monkeypatch: pytest.Monkey
         importlib.import_module("mirroropt.integrations.torchopt")
 
 
-class _CountEigh(TorchFunctionMode):
-    """Counts ``torch.linalg.eigh`` calls: Kronecker's factor exponentials, its z-independent work."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.count += func is torch.linalg.eigh
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_map_is_prepared_once_per_inner_loop_and_afresh_for_each_task() -> None:
     """Kronecker's factors are computed at each task's first step only (not at every step, and no
     inverse factors for z₀ = ∇h(φ₀): a linear map steps in the primal); a meta-step made in place
     mid-loop is picked up at the next step."""
     model = make_model()
     mirror_map = BUILDERS["kronecker"](model)
-    with _CountEigh() as once:
+    with CountCalls({torch.linalg.eigh}) as once:
         mirror_map.prepared()
     assert once.count > 0
     tasks = make_tasks(2)
     wrt = meta_params(model, mirror_map)
     for steps in (1, STEPS):
-        with _CountEigh() as counter:
+        with CountCalls({torch.linalg.eigh}) as counter:
             _, grads = torchopt_meta_grads(
                 model, lambda m: MetaMirrorDescent(m, mirror_map, lr=LR), tasks, wrt, steps=steps
             )
@@ -262,7 +249,7 @@ def test_the_map_is_prepared_once_per_inner_loop_and_afresh_for_each_task() -> N
     loss = F.mse_loss(model(x_s), y_s)
     g = dict(zip(phi, torch.autograd.grad(loss, list(phi.values()), retain_graph=True)))
     expected_phi = {n: phi[n] - LR * d for n, d in mirror_map.to_primal(g).items()}
-    with _CountEigh() as counter:
+    with CountCalls({torch.linalg.eigh}) as counter:
         opt.step(loss)
     assert counter.count == once.count
     assert_close(list(model.parameters()), list(expected_phi.values()))
